@@ -1,0 +1,385 @@
+"""Typed run configuration: dataclasses, preset/TOML loading, ``key=value`` overrides, validation.
+
+A config has seven sections (``[data] [model] [cluster] [memory] [optim] [train] [eval]``). Presets are
+complete TOML files shipped inside the package; a user TOML may be partial (missing keys take defaults).
+Every bad key or value raises :class:`ConfigError`, which names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+DATASETS = ("market1501", "dukemtmcreid", "msmt17", "viper", "folder", "synthetic")
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a")
+POOLINGS = ("avg", "gem")
+KNN_BACKENDS = ("auto", "torch", "faiss")
+MEMORY_MODES = ("CM", "CMhard", "CMhybrid", "CMhybrid_v2")
+LOSS_FORMS = ("reference", "paper")
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message names the key, the value and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "market1501"
+    root: str = "data"
+    height: int = 256
+    width: int = 128
+    batch_size: int = 256
+    num_instances: int = 16
+    workers: int = 4
+    cache: bool = True
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"
+    pooling: str = "avg"
+    pretrained: str = "imagenet"
+    num_features: int = 0
+    dropout: float = 0.0
+    bn_group: int = 64
+
+
+@dataclass
+class ClusterConfig:
+    k1: int = 30
+    k2: int = 6
+    eps: float = 0.6
+    min_samples: int = 4
+    knn_backend: str = "auto"
+
+
+@dataclass
+class MemoryConfig:
+    mode: str = "CMhybrid"
+    temp: float = 0.05
+    momentum: float = 0.1
+    hard_weight: float = 0.5
+    smooth: float = 0.0
+    loss_form: str = "reference"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    step_size: int = 20
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    iters: int = 200
+    seed: int = 1
+    eval_every: int = 10
+    device: str = "auto"
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    tf32: bool = False
+    supervised: bool = False
+
+
+@dataclass
+class EvalConfig:
+    rerank: bool = False
+    flip: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict (section -> key -> value), e.g. for the event log."""
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The config as TOML text that :func:`load_config` reads back to an equal config."""
+        return dump_toml(self.to_dict())
+
+    def get(self, dotted: str) -> Any:
+        section, key = _split_key(dotted)
+        return getattr(getattr(self, section), key)
+
+
+_SECTION_CLASSES = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "cluster": ClusterConfig,
+    "memory": MemoryConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+def all_keys() -> list[str]:
+    """Every dotted key, e.g. ``cluster.eps``, in section order."""
+    return [f"{s}.{f.name}" for s, cls in _SECTION_CLASSES.items() for f in dataclasses.fields(cls)]
+
+
+def _key_type(section: str, key: str) -> type:
+    cls = _SECTION_CLASSES[section]
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    return {"int": int, "float": float, "bool": bool, "str": str}[hints[key]]
+
+
+def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _split_key(dotted: str) -> tuple[str, str]:
+    keys = all_keys()
+    if dotted.count(".") != 1:
+        bare = [k for k in keys if k.split(".")[1] == dotted]
+        hint = f" Did you mean '{bare[0]}'?" if len(bare) == 1 else _suggest(dotted, keys)
+        raise ConfigError(f"unknown config key '{dotted}': keys are written section.key.{hint}")
+    section, key = dotted.split(".")
+    if section not in _SECTION_CLASSES:
+        raise ConfigError(
+            f"unknown config section '{section}' in '{dotted}': sections are "
+            f"{', '.join(_SECTION_CLASSES)}.{_suggest(section, tuple(_SECTION_CLASSES))}"
+        )
+    if dotted not in keys:
+        raise ConfigError(f"unknown config key '{dotted}'.{_suggest(dotted, keys)}")
+    return section, key
+
+
+def _coerce(dotted: str, value: Any, *, from_text: bool) -> Any:
+    """Convert ``value`` to the declared type of ``dotted``; text values come from ``--set``."""
+    section, key = _split_key(dotted)
+    kind = _key_type(section, key)
+    name = kind.__name__
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+        raise ConfigError(f"{dotted} = {value!r} is not a bool: use true or false.")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{dotted} = {value!r} is not an int.")
+        if isinstance(value, int):
+            return value
+        if from_text and isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{dotted} = {value!r} is not an int: use a whole number such as {getattr(DEFAULT, section).__dict__[key]}.")
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{dotted} = {value!r} is not a number.")
+        if isinstance(value, int | float):
+            return float(value)
+        if from_text and isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{dotted} = {value!r} is not a number: use e.g. {getattr(DEFAULT, section).__dict__[key]}.")
+    if not isinstance(value, str):
+        raise ConfigError(f"{dotted} = {value!r} is not a {name}: quote it in TOML, e.g. {key} = \"{value}\".")
+    return value
+
+
+def _choice(dotted: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{dotted} = {value!r} is not allowed: use one of {', '.join(allowed)}.{_suggest(value, allowed)}")
+
+
+def _check(ok: bool, dotted: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{dotted} = {value!r} is not allowed: {allowed}.")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every value; raises :class:`ConfigError` on the first bad one. Returns ``cfg``."""
+    d, m, c, mem, o, t = cfg.data, cfg.model, cfg.cluster, cfg.memory, cfg.optim, cfg.train
+    _choice("data.dataset", d.dataset, DATASETS)
+    _check(d.height >= 32 and d.height % 16 == 0, "data.height", d.height, "must be a multiple of 16 and at least 32")
+    _check(d.width >= 32 and d.width % 16 == 0, "data.width", d.width, "must be a multiple of 16 and at least 32")
+    _check(d.num_instances >= 1, "data.num_instances", d.num_instances, "must be at least 1")
+    _check(d.batch_size >= 2, "data.batch_size", d.batch_size, "must be at least 2")
+    _check(
+        d.batch_size % d.num_instances == 0,
+        "data.batch_size",
+        d.batch_size,
+        f"must be a multiple of data.num_instances ({d.num_instances}), e.g. {d.num_instances * max(1, d.batch_size // d.num_instances)}",
+    )
+    _check(d.workers >= 0, "data.workers", d.workers, "must be 0 or more")
+    _choice("model.arch", m.arch, ARCHS)
+    _choice("model.pooling", m.pooling, POOLINGS)
+    if m.pretrained not in ("imagenet", "none"):
+        _check(
+            m.pretrained.endswith((".pth", ".pth.tar", ".safetensors", ".pt")),
+            "model.pretrained",
+            m.pretrained,
+            "use imagenet, none, or a path to a .pth, .pth.tar or .safetensors file",
+        )
+    _check(m.num_features >= 0, "model.num_features", m.num_features, "must be 0 (no embedding layer) or more")
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
+    _check(m.bn_group >= 0, "model.bn_group", m.bn_group, "must be 0 (ordinary BN) or a group size")
+    if m.bn_group > 0:
+        _check(
+            d.batch_size % m.bn_group == 0,
+            "model.bn_group",
+            m.bn_group,
+            f"must divide data.batch_size ({d.batch_size}); the paper presets use 64 with batch 256",
+        )
+    _check(c.k1 >= 2, "cluster.k1", c.k1, "must be at least 2")
+    _check(1 <= c.k2 <= c.k1, "cluster.k2", c.k2, f"must be between 1 and cluster.k1 ({c.k1})")
+    _check(0.0 < c.eps <= 1.0, "cluster.eps", c.eps, "must be in (0, 1] (a Jaccard distance)")
+    _check(c.min_samples >= 1, "cluster.min_samples", c.min_samples, "must be at least 1")
+    _choice("cluster.knn_backend", c.knn_backend, KNN_BACKENDS)
+    _choice("memory.mode", mem.mode, MEMORY_MODES)
+    _check(mem.temp > 0, "memory.temp", mem.temp, "must be > 0")
+    _check(0.0 <= mem.momentum < 1.0, "memory.momentum", mem.momentum, "must be in [0, 1)")
+    _check(0.0 <= mem.hard_weight <= 1.0, "memory.hard_weight", mem.hard_weight, "must be in [0, 1]")
+    _check(0.0 <= mem.smooth < 1.0, "memory.smooth", mem.smooth, "must be in [0, 1)")
+    _choice("memory.loss_form", mem.loss_form, LOSS_FORMS)
+    _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _check(o.step_size >= 1, "optim.step_size", o.step_size, "must be at least 1")
+    _check(0 < o.gamma <= 1, "optim.gamma", o.gamma, "must be in (0, 1]")
+    _check(t.epochs >= 1, "train.epochs", t.epochs, "must be at least 1")
+    _check(t.iters >= 1, "train.iters", t.iters, "must be at least 1")
+    _check(t.eval_every >= 1, "train.eval_every", t.eval_every, "must be at least 1")
+    _check(
+        t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
+        "train.device",
+        t.device,
+        "use auto, cpu, cuda or cuda:N",
+    )
+    _choice("train.amp", t.amp, AMP_MODES)
+    return cfg
+
+
+DEFAULT = Config()
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with the package, sorted."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown preset '{name}': presets are {', '.join(preset_names())}, or give a path to a .toml file."
+            f"{_suggest(name, preset_names())}"
+        )
+    return path
+
+
+def _resolve_source(preset_or_path: str | os.PathLike[str]) -> Path:
+    text = str(preset_or_path)
+    as_path = Path(text).expanduser()
+    if text.endswith(".toml") or os.sep in text or as_path.is_file():
+        if not as_path.is_file():
+            raise ConfigError(f"config file '{as_path}' does not exist: give a preset name ({', '.join(preset_names())}) or an existing .toml path.")
+        return as_path
+    return preset_path(text)
+
+
+def from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
+    """Build a validated config from a nested dict (TOML-shaped); unknown sections/keys are errors."""
+    cfg = Config()
+    for section, values in raw.items():
+        if section not in _SECTION_CLASSES:
+            raise ConfigError(
+                f"{source}: unknown section [{section}]: sections are {', '.join(_SECTION_CLASSES)}."
+                f"{_suggest(section, tuple(_SECTION_CLASSES))}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: '{section}' must be a [{section}] table, not {values!r}.")
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            try:
+                setattr(getattr(cfg, section), key, _coerce(dotted, value, from_text=False))
+            except ConfigError as err:
+                raise ConfigError(f"{source}: {err}") from None
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: tuple[str, ...] | list[str]) -> Config:
+    """Apply ``section.key=value`` strings, typed by the key's declared type."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value, e.g. optim.lr=0.0001.")
+        dotted, text = item.split("=", 1)
+        dotted = dotted.strip()
+        section, key = _split_key(dotted)
+        setattr(getattr(cfg, section), key, _coerce(dotted, text, from_text=True))
+    return cfg
+
+
+def load_config(preset_or_path: str | os.PathLike[str], overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Load a preset by name or a TOML file, apply ``key=value`` overrides, validate."""
+    path = _resolve_source(preset_or_path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    cfg = from_dict(raw, source=str(path))
+    apply_overrides(cfg, overrides)
+    return validate(cfg)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def dump_toml(sections: dict[str, dict[str, Any]], header: str = "") -> str:
+    """TOML text for a section -> key -> scalar mapping (the only shape a config has)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for section, values in sections.items():
+        if lines:
+            lines.append("")
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines) + "\n"
+
+
+def preset_description(name: str) -> str:
+    """The first comment line of a preset file: what it reproduces."""
+    for line in preset_path(name).read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
