@@ -56,7 +56,7 @@ def resolve_config(preset: str, overrides: list[str] | None, root: Path | None =
 def presets_list() -> None:
     """Table of the shipped presets: dataset, backbone, pooling, eps, schedule."""
     table = Table(title="hhcl presets", header_style="bold cyan")
-    for col in ("name", "dataset", "backbone", "pooling", "eps", "epochs x iters", "batch", "ghost BN"):
+    for col in ("name", "dataset", "backbone", "pooling", "eps", "epochs x iters"):
         table.add_column(col, no_wrap=True)
     for name in preset_names():
         cfg = load_config(name)
@@ -67,8 +67,6 @@ def presets_list() -> None:
             cfg.model.pooling,
             f"{cfg.cluster.eps:g}",
             f"{cfg.train.epochs} x {cfg.train.iters}",
-            f"{cfg.data.batch_size // cfg.data.num_instances}x{cfg.data.num_instances}",
-            f"{cfg.model.bn_group or 'off'}",
         )
     console.print(table)
 
