@@ -1,0 +1,160 @@
+"""Config loading, overrides and validation; every paper-critical preset value pinned by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from hhcl.config import ConfigError, all_keys, load_config, preset_names, validate
+
+PAPER = {  # hhcl-reference.md sections 0 and 9, written out by hand
+    "data.batch_size": 256,
+    "data.num_instances": 16,
+    "data.height": 256,
+    "data.width": 128,
+    "model.pooling": "avg",
+    "model.pretrained": "imagenet",
+    "model.num_features": 0,
+    "model.dropout": 0.0,
+    "model.bn_group": 64,
+    "cluster.k1": 30,
+    "cluster.k2": 6,
+    "cluster.min_samples": 4,
+    "memory.mode": "CMhybrid",
+    "memory.temp": 0.05,
+    "memory.momentum": 0.1,
+    "memory.hard_weight": 0.5,
+    "memory.smooth": 0.0,
+    "memory.loss_form": "reference",
+    "optim.lr": 3.5e-4,
+    "optim.weight_decay": 5e-4,
+    "optim.step_size": 20,
+    "optim.gamma": 0.1,
+    "train.epochs": 60,
+    "train.seed": 1,
+    "train.eval_every": 10,
+    "train.amp": "off",
+    "train.tf32": False,
+    "train.channels_last": False,
+    "train.compile": False,
+    "train.supervised": False,
+    "eval.rerank": False,
+    "eval.flip": False,
+}
+PER_PRESET = {
+    "market": {"data.dataset": "market1501", "cluster.eps": 0.45, "train.iters": 200, "model.arch": "resnet50"},
+    "duke": {"data.dataset": "dukemtmcreid", "cluster.eps": 0.6, "train.iters": 200, "model.arch": "resnet50"},
+    "msmt17": {"data.dataset": "msmt17", "cluster.eps": 0.7, "train.iters": 300, "model.arch": "resnet50"},
+    "market-ibn": {"data.dataset": "market1501", "cluster.eps": 0.45, "train.iters": 200,
+                   "model.arch": "resnet50_ibn_a", "model.pooling": "gem"},
+    "duke-ibn": {"data.dataset": "dukemtmcreid", "cluster.eps": 0.6, "train.iters": 200,
+                 "model.arch": "resnet50_ibn_a", "model.pooling": "gem"},
+}
+
+
+def test_six_presets_ship_inside_the_package():
+    assert preset_names() == ["demo", "duke", "duke-ibn", "market", "market-ibn", "msmt17"]
+
+
+@pytest.mark.parametrize("name", sorted(PER_PRESET))
+def test_paper_presets_pin_every_critical_value(name):
+    cfg = load_config(name)
+    expected = {**PAPER, **PER_PRESET[name]}
+    for key, value in expected.items():
+        assert cfg.get(key) == value, f"{name}: {key}"
+
+
+@pytest.mark.parametrize("name", ["demo", "duke", "duke-ibn", "market", "market-ibn", "msmt17"])
+def test_presets_are_complete_and_round_trip(name, tmp_path):
+    import tomllib
+
+    from hhcl.config import preset_path
+
+    raw = tomllib.loads(preset_path(name).read_text())
+    written = {f"{s}.{k}" for s, keys in raw.items() for k in keys}
+    assert written == set(all_keys())
+    cfg = load_config(name)
+    path = tmp_path / "again.toml"
+    path.write_text(cfg.to_toml())
+    assert load_config(path) == cfg
+
+
+def test_demo_preset_is_cpu_sized():
+    cfg = load_config("demo")
+    assert cfg.data.dataset == "synthetic"
+    assert cfg.model.arch == "resnet18" and cfg.model.pretrained == "none"
+    assert cfg.data.height * cfg.data.width <= 128 * 64
+
+
+def test_overrides_are_typed():
+    cfg = load_config(
+        "market",
+        ["optim.lr=0.0001", "train.epochs=40", "eval.flip=yes", "data.root=/tmp/x", "cluster.eps=1e-1", "train.amp=bf16"],
+    )
+    assert cfg.optim.lr == pytest.approx(1e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.train.epochs == 40 and isinstance(cfg.train.epochs, int)
+    assert cfg.eval.flip is True
+    assert cfg.data.root == "/tmp/x"
+    assert cfg.cluster.eps == pytest.approx(0.1)
+    assert cfg.train.amp == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("optim.lrr=1", ["optim.lrr", "optim.lr"]),
+        ("eps=0.5", ["eps", "cluster.eps"]),
+        ("clster.eps=0.5", ["clster", "cluster"]),
+        ("cluster.eps=0", ["cluster.eps", "0.0", "(0, 1]"]),
+        ("cluster.eps=-0.2", ["cluster.eps", "(0, 1]"]),
+        ("cluster.eps=abc", ["cluster.eps", "'abc'", "number"]),
+        ("data.batch_size=250", ["data.batch_size", "250", "multiple of data.num_instances"]),
+        ("train.epochs=2.5", ["train.epochs", "2.5", "int"]),
+        ("eval.flip=maybe", ["eval.flip", "maybe", "true or false"]),
+        ("model.arch=resnet51", ["model.arch", "resnet51", "resnet50"]),
+        ("memory.mode=CMhybird", ["memory.mode", "CMhybird", "CMhybrid"]),
+        ("model.bn_group=48", ["model.bn_group", "48", "divide"]),
+        ("optim.lr", ["optim.lr", "section.key=value"]),
+    ],
+)
+def test_bad_values_name_the_key_value_and_what_is_allowed(override, fragments):
+    with pytest.raises(ConfigError) as err:
+        load_config("market", [override])
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_toml_file_errors_name_the_file_and_key(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[cluster]\nepss = 0.5\n')
+    with pytest.raises(ConfigError, match=r"mine\.toml.*cluster\.epss.*cluster\.eps"):
+        load_config(path)
+    path.write_text('[clusters]\neps = 0.5\n')
+    with pytest.raises(ConfigError, match=r"\[clusters\]"):
+        load_config(path)
+    path.write_text('[cluster]\neps = "0.5"\n')
+    with pytest.raises(ConfigError, match="cluster.eps"):
+        load_config(path)
+    path.write_text("[cluster\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_partial_file_takes_defaults(tmp_path):
+    path = tmp_path / "small.toml"
+    path.write_text('[cluster]\neps = 0.5\n[data]\ndataset = "viper"\n')
+    cfg = load_config(path)
+    assert cfg.cluster.eps == 0.5 and cfg.data.dataset == "viper" and cfg.cluster.k1 == 30
+
+
+def test_unknown_preset_and_missing_file():
+    with pytest.raises(ConfigError, match="unknown preset 'markt'.*market"):
+        load_config("markt")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("nowhere/x.toml")
+
+
+def test_validate_catches_direct_edits():
+    cfg = load_config("market")
+    cfg.memory.temp = 0.0
+    with pytest.raises(ConfigError, match="memory.temp"):
+        validate(cfg)
