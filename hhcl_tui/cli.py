@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from hhcl.config import Config, ConfigError, load_config, preset_description, preset_names
+from hhcl.config import load_config, preset_description, preset_names
+from hhcl_tui.common import console, data_root, err_console, fail, resolve_config  # noqa: F401 - re-exported
 
 app = typer.Typer(
     name="hhcl",
@@ -22,35 +20,6 @@ app = typer.Typer(
 )
 presets_app = typer.Typer(help="List and show the shipped presets (the paper's settings).", no_args_is_help=True)
 app.add_typer(presets_app, name="presets")
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a red error line and return the Exit to raise (2 = usage/config error, 1 = failure)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def data_root(root: Path | None) -> Path:
-    """--root, else $HHCL_DATA, else ./data."""
-    if root is not None:
-        return root
-    return Path(os.environ.get("HHCL_DATA", "data"))
-
-
-def resolve_config(preset: str, overrides: list[str] | None, root: Path | None = None) -> Config:
-    """Load a preset or TOML with overrides; config errors exit 2 with the message."""
-    sets = list(overrides or [])
-    if root is not None or "HHCL_DATA" in os.environ:
-        if not any(s.split("=", 1)[0].strip() == "data.root" for s in sets):
-            sets.insert(0, f"data.root={data_root(root)}")
-    try:
-        return load_config(preset, sets)
-    except ConfigError as err:
-        raise fail(str(err)) from None
-
 
 @presets_app.command("list")
 def presets_list() -> None:
@@ -77,6 +46,12 @@ def presets_show(name: Annotated[str, typer.Argument(help="preset name, e.g. mar
     cfg = resolve_config(name, [])
     console.print(f"[bold]{name}[/]: {preset_description(name)}")
     console.print(Syntax(cfg.to_toml(), "toml", theme="ansi_dark", background_color="default"))
+
+
+from hhcl_tui.commands import train as train_cmd  # noqa: E402 - commands register after the app exists
+
+app.command("train")(train_cmd.train)
+app.command("demo")(train_cmd.demo)
 
 
 def main() -> None:

@@ -1,0 +1,163 @@
+"""``hhcl train`` and ``hhcl demo``: parse arguments, then hand over to the engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.syntax import Syntax
+
+from hhcl.config import Config, ConfigError
+from hhcl.rundir import CONFIG_FILE, default_run_name, plan_run_dir
+from hhcl_tui.common import console, data_root, fail, resolve_config
+
+EXIT = {"ok": 0, "error": 1, "interrupted": 130}
+
+
+def _under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _agreed_name(name: str) -> str:
+    """Under torchrun every rank must use rank 0's run name (default names carry a timestamp)."""
+    if not _under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return name
+    import torch.distributed as tdist
+
+    from hhcl import distributed
+
+    distributed.init_distributed()
+    box = [name]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _forward_argv(argv: list[str], name: str) -> list[str]:
+    """The user's argv without the launcher-only flags (--nproc-per-node N, --tui), with the agreed --name."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--nproc-per-node":
+            next(args, None)
+        elif arg.startswith("--nproc-per-node=") or arg == "--tui":
+            continue
+        else:
+            out.append(arg)
+    if "--name" not in out and "--resume" not in out:
+        out += ["--name", name]
+    return out
+
+
+def train(
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="preset name (hhcl presets list) or a TOML file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: section.key=value (repeatable)")] = None,
+    root: Annotated[Path | None, typer.Option(help="data root holding prepared datasets [default: $HHCL_DATA or ./data]")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where run directories are created")] = Path("runs"),
+    name: Annotated[str | None, typer.Option(help="run name [default: <preset>-<arch>-<time>]")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue the run in this directory exactly")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config and run directory, then exit")] = False,
+    tui: Annotated[bool, typer.Option("--tui", help="watch the run in the Textual dashboard")] = False,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="GPUs (processes) on this node; >1 launches torchrun")] = 1,
+) -> None:
+    """Train an HHCL model (unsupervised by default) and evaluate it every train.eval_every epochs."""
+    from hhcl.engine import resume_config
+
+    if resume is not None:
+        if preset is not None:
+            raise fail("--resume continues a run with its own config: drop --preset (use --set train.epochs=N to extend it).")
+        try:
+            cfg = resume_config(resume, _with_root(set_, root))
+        except ConfigError as err:
+            raise fail(str(err)) from None
+        run_dir, label = resume, None
+    else:
+        if preset is None:
+            raise fail("give --preset NAME|FILE (see `hhcl presets list`), or --resume RUN_DIR.")
+        cfg = resolve_config(preset, set_, root)
+        label = preset
+        run_name = name or default_run_name(cfg, preset)
+        if _under_torchrun():  # the launcher checked the directory; ranks agree on rank 0's name
+            run_dir = runs_dir / _agreed_name(run_name)
+        else:
+            try:
+                run_dir = plan_run_dir(runs_dir, run_name)
+            except FileExistsError as err:
+                raise fail(str(err)) from None
+
+    if dry_run:
+        console.print(Syntax(cfg.to_toml(), "toml", theme="ansi_dark", background_color="default"))
+        console.print(f"run directory: [bold]{run_dir}[/]" + (" (resumed)" if resume else " (not created: dry run)"))
+        raise typer.Exit(0)
+
+    if nproc_per_node > 1 and not _under_torchrun():
+        argv = _forward_argv(sys.argv[1:], run_dir.name)
+        if resume is None and "--runs-dir" not in argv:
+            argv += ["--runs-dir", str(runs_dir)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
+               "-m", "hhcl", *argv]
+        console.print(f"launching {nproc_per_node} processes: {' '.join(cmd)}", highlight=False)
+        if tui:
+            raise typer.Exit(_run_with_dashboard(cmd, run_dir))
+        raise typer.Exit(subprocess.call(cmd))
+
+    if tui:
+        argv = _forward_argv(sys.argv[1:], run_dir.name)
+        if resume is None and "--runs-dir" not in argv:
+            argv += ["--runs-dir", str(runs_dir)]
+        raise typer.Exit(_run_with_dashboard([sys.executable, "-m", "hhcl", *argv], run_dir))
+
+    raise typer.Exit(run_training(cfg, run_dir, preset=label, resume=resume is not None))
+
+
+def _with_root(sets: list[str] | None, root: Path | None) -> list[str]:
+    out = list(sets or [])
+    if root is not None:
+        out.insert(0, f"data.root={root}")
+    return out
+
+
+def run_training(cfg: Config, run_dir: Path, *, preset: str | None, resume: bool) -> int:
+    """Create the run directory (rank 0), train with console reporting, return the exit code."""
+    from hhcl.checkpoint import atomic_write_bytes
+    from hhcl.data import DatasetNotFoundError
+    from hhcl.engine import Trainer
+    from hhcl.reporting import ConsoleReporter
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / CONFIG_FILE, cfg.to_toml().encode())
+    hooks = [ConsoleReporter(run_dir, console)] if main else []
+    try:
+        result = Trainer(cfg, run_dir, preset=preset, resume=resume, hooks=hooks).fit()
+    except (DatasetNotFoundError, FileNotFoundError, ConfigError) as err:
+        raise fail(str(err)) from None
+    if result.status == "ok" and main:
+        console.print(f"run directory: [bold]{run_dir}[/]  (watch: hhcl monitor {run_dir}; evaluate: hhcl eval {run_dir})")
+    elif result.status == "interrupted" and main:
+        console.print(f"[yellow]{result.message}[/]")
+    return EXIT[result.status]
+
+
+def _run_with_dashboard(cmd: list[str], run_dir: Path) -> int:
+    """Start training in its own process (and process group) and open the dashboard on its run directory."""
+    from hhcl_tui.dashboard import run_dashboard
+
+    log = open(os.devnull, "w")  # noqa: SIM115 - the run writes its own log.txt
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return run_dashboard(run_dir, process)
+
+
+def demo(
+    root: Annotated[Path | None, typer.Option(help="data root for the synthetic dataset [default: $HHCL_DATA or ./data]")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where the demo run directory goes")] = Path("runs"),
+) -> None:
+    """Generate synthetic people, train the demo preset on the CPU, and show mAP before and after."""
+    from hhcl.demo import run_demo
+
+    result = run_demo(data_root(root), runs_dir, console=console)
+    raise typer.Exit(EXIT[result.status])
