@@ -37,7 +37,8 @@ _BACKBONE_TO_BASE = {"conv1": "base.0", "bn1": "base.1", "layer1": "base.4", "la
                      "layer3": "base.6", "layer4": "base.7"}
 # The authors' checkpoints store best_mAP as a numpy float64 (pickled by numpy 1.x or 2.x).
 _NUMPY_SAFE = [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-               (np._core.multiarray.scalar, "numpy._core.multiarray.scalar"), np.dtype]
+               (np._core.multiarray.scalar, "numpy._core.multiarray.scalar"), np.dtype,
+               *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool"))]
 
 
 class CheckpointError(ValueError):
@@ -130,8 +131,10 @@ def _torch_load(path: Path) -> Any:
         with torch.serialization.safe_globals(_NUMPY_SAFE):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        lines = [ln.strip() for ln in str(err).split("WeightsUnpickler error:")[-1].splitlines() if ln.strip()]
+        unsafe = [ln for ln in lines if "GLOBAL" in ln or "global" in ln or "allowlisted" in ln]
+        text = (unsafe or lines or [type(err).__name__])[0]
+        if unsafe:
             hint = ("it holds Python objects beyond tensors and plain data, which are not unpickled for safety; "
                     "re-save just its state_dict, or convert it with a trusted torch.load")
         else:
@@ -195,6 +198,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
     """
     state, metadata = read_state_dict(path)
     return _apply_state(model, state, metadata, str(path), strict=strict)
+
+
+def load_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = False, source: str = "state dict"
+) -> LoadReport:
+    """:func:`load_weights` for an in-memory state dict (``module.`` prefixes and backbone names are mapped)."""
+    return _apply_state(model, _normalise_keys(state), {}, source, strict=strict)
 
 
 def _apply_state(

@@ -53,6 +53,16 @@ from hhcl_tui.commands import train as train_cmd  # noqa: E402 - commands regist
 app.command("train")(train_cmd.train)
 app.command("demo")(train_cmd.demo)
 
+from hhcl_tui.commands import monitor as monitor_cmd  # noqa: E402
+from hhcl_tui.commands import wizard as wizard_cmd  # noqa: E402
+
+app.command("monitor")(monitor_cmd.monitor)
+app.command("wizard")(wizard_cmd.wizard)
+
+from hhcl_tui.commands import prepare as prepare_cmd  # noqa: E402
+
+app.command("prepare")(prepare_cmd.prepare)
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -84,6 +84,7 @@ class DashboardApp(App[str]):
                 yield ProgressBar(total=1.0, show_eta=False, id="bar")
                 yield Static(id="eta-text", classes="line")
                 yield Static(id="speed-text", classes="line")
+                yield Static(id="checkpoint-text", classes="line")
             yield PlotextPlot(id="loss", classes="panel")
             with Vertical(id="evals", classes="panel"):
                 yield Static(id="eval-text", classes="line")
@@ -112,8 +113,6 @@ class DashboardApp(App[str]):
         for wid, title in titles.items():
             self.query_one(f"#{wid}").border_title = title
         self.sub_title = self.run_dir.name
-        for plot_id in ("#loss", "#eval-plot"):
-            self.query_one(plot_id, PlotextPlot).plt.theme("textual-dark")
         self.poll()
         self.set_interval(self.poll_interval, self.poll)
 
@@ -148,6 +147,7 @@ class DashboardApp(App[str]):
         self.query_one("#eta-text", Static).update(view.eta_text(state))
         self.query_one("#bar", ProgressBar).update(total=1.0, progress=state.progress)
         self.query_one("#speed-text", Static).update(view.speed_text(state))
+        self.query_one("#checkpoint-text", Static).update(view.checkpoint_text(state))
         self.query_one("#eval-text", Static).update(view.eval_text(state))
         self.query_one("#evals").border_subtitle = view.last_eval_text(state)
         self.query_one("#cluster-text", Static).update(view.cluster_text(state))

@@ -80,6 +80,8 @@ class RunState:
     start_t: float | None = None
     last_t: float | None = None
     progress_t: float | None = None
+    pace_t0: float | None = None  # ETA pace is measured from the latest run_start (a resume restarts it)
+    pace_done0: int = 0
     errors: list[str] = field(default_factory=list)
     log: deque[LogLine] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     n_log: int = 0  # log lines ever appended (the deque keeps the last LOG_LINES)
@@ -118,12 +120,13 @@ class RunState:
         if self.finished:
             return 0.0
         total, done = self.total_iters, self.done_iters
-        if not total or done <= 0 or self.start_t is None or self.progress_t is None:
+        t0 = self.pace_t0 if self.pace_t0 is not None else self.start_t
+        if not total or done <= self.pace_done0 or t0 is None or self.progress_t is None:
             return None
-        spent = self.progress_t - self.start_t
+        spent = self.progress_t - t0
         if spent <= 0:
             return None
-        return spent * (total - done) / done
+        return spent * max(0, total - done) / (done - self.pace_done0)
 
     @property
     def finished(self) -> bool:
@@ -217,11 +220,16 @@ def _on_run_start(state: RunState, e: Mapping[str, Any], t: float | None) -> Non
         state.total_epochs = epochs
     if isinstance(iters, int) and not isinstance(iters, bool) and iters > 0:
         state.iters_per_epoch = iters
+    start_epoch, start_iter = _int(e, "start_epoch"), _int(e, "start_iter")
+    if start_epoch is not None:
+        state.epoch, state.iter = start_epoch, (start_iter - 1 if start_iter else None)
+    state.pace_t0, state.pace_done0 = t, state.done_iters
     state.status = "running"
     where = state.device or "?"
     if state.world_size and state.world_size > 1:
         where += f" x{state.world_size}"
-    add_log(state, t, "info", f"run {state.run or '?'} started on {where}")
+    verb = "resumed" if e.get("resumed") is True else "started"
+    add_log(state, t, "info", f"run {state.run or '?'} {verb} on {where}")
 
 
 def _on_epoch_start(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
@@ -269,11 +277,13 @@ def _on_step(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
     if it is not None:
         state.iter = it
     state.progress_t = t if t is not None else state.progress_t
-    for name in ("loss", "loss_hard", "loss_mean", "lr", "images_per_s", "data_wait"):
+    loss = _num(e, "loss")
+    if loss is not None:  # the loss and its parts describe one step: a part this step lacks is unknown
+        state.loss, state.loss_hard, state.loss_mean = loss, _num(e, "loss_hard"), _num(e, "loss_mean")
+    for name in ("lr", "images_per_s", "data_wait"):
         value = _num(e, name)
         if value is not None:
             setattr(state, name, value)
-    loss = _num(e, "loss")
     if loss is not None and state.epoch is not None:
         per = state.iters_per_epoch or 0
         state.loss_points.append((state.epoch * per + (state.iter or 0), loss))
@@ -308,8 +318,8 @@ def _on_checkpoint(state: RunState, e: Mapping[str, Any], t: float | None) -> No
     path = _str(e, "path")
     if path:
         state.last_checkpoint = path
-    best = " (best)" if e.get("is_best") is True else ""
-    add_log(state, t, "info", f"checkpoint {path or '?'}{best}")
+    if e.get("is_best") is True:  # every epoch writes 'last'; only a new best is worth a log line
+        add_log(state, t, "good", f"saved best checkpoint {path or '?'}")
 
 
 def _on_run_end(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
@@ -320,9 +330,12 @@ def _on_run_end(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
     best = _frac(_num(e, "best_mAP"))
     if best is not None:
         state.best_map = best
-    level = "good" if state.status == "ok" else "error"
+    level = {"ok": "good", "interrupted": "warn"}.get(state.status, "error")
     detail = f" · best mAP {state.best_map:.1%}" if state.best_map is not None else ""
     add_log(state, t, level, f"run ended: {state.status}{detail}")
+    message = _str(e, "message")
+    if message:
+        add_log(state, t, level, message)
 
 
 def _on_error(state: RunState, e: Mapping[str, Any], t: float | None) -> None:

@@ -6,7 +6,7 @@ from rich.text import Text
 
 from hhcl_tui.dashboard.state import STAGES, LogLine, RunState
 
-STATUS_STYLE = {"waiting": "dim", "running": "bold cyan", "ok": "bold green"}
+STATUS_STYLE = {"waiting": "dim", "running": "bold cyan", "ok": "bold green", "interrupted": "bold yellow"}
 LEVEL_STYLE = {"info": "", "good": "bold green", "warn": "yellow", "error": "bold red"}
 
 
@@ -61,6 +61,9 @@ def run_text(state: RunState) -> Text:
     text.append("\n")
     text.append("status ", style="dim")
     text.append_text(status_text(state))
+    sizes = [(n, label) for n, label in ((state.n_query, "query"), (state.n_gallery, "gallery")) if n is not None]
+    if sizes:
+        text.append("\n" + "  ".join(f"{fmt_count(n)} {label}" for n, label in sizes), style="dim")
     return text
 
 
@@ -86,6 +89,13 @@ def eta_text(state: RunState) -> Text:
     _pair(text, "ETA", fmt_duration(state.eta_seconds), "bold yellow")
     text.append("  ")
     _pair(text, "elapsed", fmt_duration(state.rel_time(state.last_t)))
+    return text
+
+
+def checkpoint_text(state: RunState) -> Text:
+    text = Text(no_wrap=True, overflow="ellipsis")
+    if state.last_checkpoint:
+        _pair(text, "checkpoint", state.last_checkpoint, "")
     return text
 
 
@@ -140,10 +150,11 @@ def cluster_text(state: RunState) -> Text:
     if last is None:
         text.append("no clustering yet", style="dim")
         return text
-    _pair(text, "clusters", fmt_count(last.n_clusters), "bold green")
-    text.append("  ")
-    _pair(text, "outliers", fmt_count(last.n_outliers), "bold red")
-    text.append(f" ({fmt_pct(last.outlier_ratio)})", style="red")
+    text.append(fmt_count(last.n_clusters), style="bold green")
+    text.append(" clusters  ", style="dim")
+    text.append(fmt_count(last.n_outliers), style="bold red")
+    text.append(" outliers ", style="dim")
+    text.append(f"({fmt_pct(last.outlier_ratio)})", style="red")
     return text
 
 

@@ -1,0 +1,329 @@
+"""Hybrid cluster memory bank (CM, CMhard, CMhybrid, CMhybrid_v2) and its contrastive losses.
+
+Reproduces the reference ``ClusterMemory`` (reference doc 1.2 steps 5 and 8) exactly, loss coefficients and
+update rules included, without its per-sample Python loops: one host sync per update, then segment
+reductions over at most (largest cluster count in the batch) rounds. Every reduction is deterministic, so
+all DDP ranks that apply the update to the same all-gathered batch hold bit-identical memories.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hhcl import distributed
+
+MODES = ("CM", "CMhard", "CMhybrid", "CMhybrid_v2")
+LOSS_FORMS = ("reference", "paper")
+SMOOTH_EPSILON = 0.1  # the reference hard-codes epsilon; memory.smooth > 0 only switches smoothing on
+
+
+def _check_labels(labels: Tensor, n: int, where: str) -> Tensor:
+    if labels.dim() != 1 or labels.numel() != n:
+        raise ValueError(
+            f"{where}: labels must be a 1-D tensor of {n} cluster ids, got shape {tuple(labels.shape)}"
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"{where}: labels must be integer cluster ids, got dtype {labels.dtype}")
+    return labels.long()
+
+
+def cluster_centroids(features: Tensor, labels: Tensor, num_clusters: int | None = None) -> Tensor:
+    """[C, D] float32 mean feature of each cluster 0..C-1 (label -1 = outlier, excluded), via index_add."""
+    if features.dim() != 2:
+        raise ValueError(f"cluster_centroids: features must be [N, D], got shape {tuple(features.shape)}")
+    if features.shape[0] == 0:
+        raise ValueError("cluster_centroids: no features were given (N = 0)")
+    labels = _check_labels(labels, features.shape[0], "cluster_centroids").to(features.device)
+    keep = labels >= 0
+    y, f = labels[keep], features[keep].float()
+    if num_clusters is None:
+        if y.numel() == 0:
+            raise ValueError("cluster_centroids: every label is -1 (outlier), so there are no clusters")
+        num_clusters = int(y.max().item()) + 1
+    lo, hi = (int(v) for v in torch.stack([labels.min(), labels.max()]).tolist())
+    if lo < -1 or hi >= num_clusters:
+        raise ValueError(
+            f"cluster_centroids: labels must lie in [-1, {num_clusters - 1}] (num_clusters={num_clusters}), "
+            f"got values from {lo} to {hi}"
+        )
+    counts = torch.zeros(num_clusters, dtype=torch.float32, device=f.device).index_add_(
+        0, y, torch.ones_like(y, dtype=torch.float32)
+    )
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"cluster_centroids: cluster ids {empty[:10]}{'...' if len(empty) > 10 else ''} have no members; "
+            "relabel the clusters to 0..C-1 or pass a smaller num_clusters"
+        )
+    sums = torch.zeros(num_clusters, f.shape[1], dtype=torch.float32, device=f.device).index_add_(0, y, f)
+    return sums / counts[:, None]
+
+
+def sample_instances(
+    features: Tensor,
+    labels: Tensor,
+    num_clusters: int,
+    num_instances: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """[P, C, D]: slot k of cluster c is a member of c drawn uniformly with replacement (CMhybrid_v2 init)."""
+    labels = _check_labels(labels, features.shape[0], "sample_instances").to(features.device)
+    members = (labels >= 0).nonzero().flatten()
+    order = members[torch.argsort(labels[members], stable=True)]
+    counts = torch.zeros(num_clusters, dtype=torch.long, device=features.device).index_add_(
+        0, labels[members], torch.ones_like(members)
+    )
+    starts = counts.cumsum(0) - counts
+    rand_device = generator.device if generator is not None else features.device
+    u = torch.rand(
+        (num_instances, num_clusters), generator=generator, device=rand_device, dtype=torch.float64
+    )
+    u = u.to(features.device)
+    offset = torch.minimum((u * counts).long(), counts - 1)
+    return features.index_select(0, order[starts + offset]).float()
+
+
+@dataclass(frozen=True)
+class _Segments:
+    """The batch grouped by cluster: rounds[r] = batch indices of each cluster's r-th member, batch order."""
+
+    rounds: tuple[Tensor, ...]
+    occ: Tensor  # [B] index of each sample among its cluster's members, in batch order
+    gid: Tensor  # [B] group of each sample, 0..G-1 in order of first appearance
+    uniq: Tensor  # [G] cluster id of each group
+    counts: Tensor  # [G] members per group
+
+
+def _segments(y: Tensor, num_clusters: int) -> _Segments:
+    """Group a batch by label with sorts and scatters; the only host sync is reading the round sizes."""
+    n = y.numel()
+    ar = torch.arange(n, device=y.device)
+    yc = y.clamp(0, num_clusters - 1)
+    order = torch.argsort(yc, stable=True)
+    per_cluster = torch.zeros(num_clusters, dtype=torch.long, device=y.device).scatter_add_(
+        0, yc, torch.ones_like(yc)
+    )
+    starts = per_cluster.cumsum(0) - per_cluster
+    occ = torch.empty_like(yc).scatter_(0, order, ar - starts[yc[order]])
+    sizes = torch.zeros(n + 2, dtype=torch.long, device=y.device).scatter_add_(0, occ, torch.ones_like(occ))
+    sizes[n] = y.min()
+    sizes[n + 1] = y.max()
+    *sizes_list, lo, hi = sizes.tolist()
+    if lo < 0 or hi >= num_clusters:
+        raise ValueError(
+            f"memory.update: labels must lie in [0, {num_clusters - 1}], got values from {lo} to {hi}"
+        )
+    sizes_list = [s for s in sizes_list if s > 0]  # non-increasing: round r holds clusters with > r members
+    rounds = torch.split(torch.argsort(occ, stable=True), sizes_list)
+    uniq = y[rounds[0]]
+    group_of = torch.zeros(num_clusters, dtype=torch.long, device=y.device)
+    group_of[uniq] = torch.arange(uniq.numel(), device=y.device)
+    return _Segments(rounds, occ, group_of[y], uniq, per_cluster[uniq])
+
+
+def _group_sums(f: Tensor, seg: _Segments) -> Tensor:
+    """[G, D] per-cluster sums accumulated in batch order (each round adds to distinct rows: deterministic)."""
+    acc = f.new_zeros(seg.uniq.numel(), f.shape[1])
+    for idx in seg.rounds:
+        acc.index_add_(0, seg.gid[idx], f.index_select(0, idx))
+    return acc
+
+
+def _hardest(f: Tensor, proto: Tensor, seg: _Segments) -> Tensor:
+    """[G] batch index of each cluster's member least similar to its prototype row (first on ties)."""
+    n = f.shape[0]
+    sim = (f * proto.index_select(0, seg.gid)).sum(dim=1)
+    smin = torch.full((seg.uniq.numel(),), float("inf"), dtype=sim.dtype, device=f.device)
+    smin.scatter_reduce_(0, seg.gid, sim, reduce="amin")
+    ar = torch.arange(n, device=f.device)
+    cand = torch.where(sim == smin[seg.gid], ar, n)
+    first = torch.full((seg.uniq.numel(),), n, dtype=torch.long, device=f.device)
+    return first.scatter_reduce_(0, seg.gid, cand, reduce="amin")
+
+
+class HybridMemory(nn.Module):
+    """Cluster memory with the reference's contrastive losses; ``loss = memory(f, y)``, then ``update(f, y)``.
+
+    Buffer ``features`` (float32) holds the rows: CM/CMhard [C, D]; CMhybrid [2C, D] (hard rows 0..C-1,
+    mean rows C..2C-1); CMhybrid_v2 [(P+1)C, D] (centroid rows 0..C-1, instance slot k at rows kC..kC+C-1).
+    """
+
+    def __init__(
+        self,
+        centroids: Tensor,
+        *,
+        mode: str = "CMhybrid",
+        temp: float = 0.05,
+        momentum: float = 0.1,
+        hard_weight: float = 0.5,
+        smooth: float = 0.0,
+        num_instances: int = 16,
+        instance_features: Tensor | None = None,
+        loss_form: str = "reference",
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"memory.mode = {mode!r} is not allowed: use one of {', '.join(MODES)}")
+        if loss_form not in LOSS_FORMS:
+            raise ValueError(
+                f"memory.loss_form = {loss_form!r} is not allowed: use one of {', '.join(LOSS_FORMS)}"
+            )
+        if not temp > 0:
+            raise ValueError(f"memory.temp = {temp!r} is not allowed: must be > 0")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"memory.momentum = {momentum!r} is not allowed: must be in [0, 1]")
+        if not 0.0 <= hard_weight <= 1.0:
+            raise ValueError(f"memory.hard_weight = {hard_weight!r} is not allowed: must be in [0, 1]")
+        if not smooth >= 0.0:
+            raise ValueError(f"memory.smooth = {smooth!r} is not allowed: must be >= 0")
+        if num_instances < 1:
+            raise ValueError(f"num_instances = {num_instances!r} is not allowed: must be at least 1")
+        if centroids.dim() != 2 or centroids.shape[0] < 1 or centroids.shape[1] < 1:
+            raise ValueError(
+                f"centroids must be a non-empty [C, D] tensor, got shape {tuple(centroids.shape)}"
+            )
+        self.mode, self.temp, self.momentum = mode, float(temp), float(momentum)
+        self.hard_weight, self.smooth, self.loss_form = float(hard_weight), float(smooth), loss_form
+        self.num_clusters, self.num_features = centroids.shape
+        self.num_instances = int(num_instances)
+        rows = [centroids.float()]
+        if mode == "CMhybrid":
+            rows.append(centroids.float())
+        elif mode == "CMhybrid_v2":
+            want = (self.num_instances, self.num_clusters, self.num_features)
+            # None: e.g. before load_state_dict on resume (from_features samples members instead)
+            if instance_features is None:
+                instance_features = centroids.float().expand(*want)
+            if tuple(instance_features.shape) != want:
+                raise ValueError(
+                    f"instance_features must have shape [num_instances, C, D] = {list(want)}, "
+                    f"got {list(instance_features.shape)}; build it with HybridMemory.from_features"
+                )
+            rows.append(instance_features.to(centroids.device, torch.float32).reshape(-1, self.num_features))
+        elif instance_features is not None:
+            raise ValueError(f"instance_features is only used by mode CMhybrid_v2, not {mode}")
+        self.register_buffer("features", F.normalize(torch.cat(rows), dim=1))
+        self._parts: dict[str, Tensor] = {}
+
+    @classmethod
+    def from_features(
+        cls, features: Tensor, labels: Tensor, *, generator: torch.Generator | None = None, **kw
+    ) -> HybridMemory:
+        """Memory from cluster centroids of ``features`` (labels -1 excluded); CMhybrid_v2 samples its slots.
+
+        Under DDP the result is broadcast from rank 0, so every rank starts from the same memory.
+        """
+        centroids = cluster_centroids(features, labels)
+        if kw.get("mode", "CMhybrid") == "CMhybrid_v2" and kw.get("instance_features") is None:
+            kw["instance_features"] = sample_instances(
+                features, labels, centroids.shape[0], kw.get("num_instances", 16), generator
+            )
+        memory = cls(centroids, **kw)
+        distributed.broadcast(memory.features, src=0)
+        return memory
+
+    @property
+    def last_parts(self) -> dict[str, float]:
+        """The unweighted loss terms of the last forward (read lazily, so no sync unless logged)."""
+        return {k: float(v) for k, v in self._parts.items()}
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode}, clusters={self.num_clusters}, dim={self.num_features}, temp={self.temp}, "
+            f"momentum={self.momentum}, hard_weight={self.hard_weight}, smooth={self.smooth}, "
+            f"loss_form={self.loss_form}"
+        )
+
+    def _batch(self, features: Tensor, labels: Tensor, where: str) -> tuple[Tensor, Tensor]:
+        if features.dim() != 2 or features.shape[1] != self.num_features:
+            raise ValueError(
+                f"memory.{where}: features must be [B, {self.num_features}], got shape {tuple(features.shape)}"
+            )
+        y = _check_labels(labels, features.shape[0], f"memory.{where}")
+        dev = self.features.device
+        return features.to(dev, torch.float32), y.to(dev)
+
+    def _cross_entropy(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Mean CE, or the reference's label smoothing (eps 0.1; top-k with k = C // 50, uniform if k <= 1)."""
+        if self.smooth <= 0:
+            return F.cross_entropy(logits, y)
+        logp = F.log_softmax(logits, dim=1)
+        n_cls = logits.shape[1]
+        k = n_cls // 50
+        onehot = torch.zeros_like(logp).scatter_(1, y[:, None], 1.0)
+        if k > 1:
+            top = torch.topk(logp.detach(), k, dim=1).indices
+            target = (1 - SMOOTH_EPSILON) * onehot + torch.zeros_like(logp).scatter_(
+                1, top, SMOOTH_EPSILON / k
+            )
+        else:
+            target = (1 - SMOOTH_EPSILON) * onehot + SMOOTH_EPSILON / n_cls
+        return (-target * logp).mean(0).sum()
+
+    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        """Scalar loss of ``features`` [B, D] against the memory as it is (gradient to the features only)."""
+        f, y = self._batch(features, labels, "forward")
+        hw, c = self.hard_weight, self.num_clusters
+        with torch.autocast(device_type=f.device.type, enabled=False):
+            logits = f @ self.features.t()
+            if self.mode in ("CM", "CMhard"):
+                loss = self._cross_entropy(logits / self.temp, y)
+                self._parts = {"loss_ce": loss.detach()}
+            elif self.mode == "CMhybrid":
+                hard, mean = (logits / self.temp).split(c, dim=1)
+                ce_hard, ce_mean = self._cross_entropy(hard, y), self._cross_entropy(mean, y)
+                # reference: hw * (CE_hard + (1 - hw) * CE_mean), i.e. 0.5 / 0.25 (quirk 12)
+                if self.loss_form == "reference":
+                    loss = hw * (ce_hard + (1 - hw) * ce_mean)
+                else:
+                    loss = hw * ce_hard + (1 - hw) * ce_mean
+                self._parts = {"loss_hard": ce_hard.detach(), "loss_mean": ce_mean.detach()}
+            else:
+                out = logits.view(f.shape[0], self.num_instances + 1, c)
+                inst = out[:, 1:]
+                pos, neg = inst.min(dim=1).values, inst.max(dim=1).values
+                is_gt = torch.zeros_like(pos, dtype=torch.bool).scatter_(1, y[:, None], True)
+                hard = torch.where(is_gt, pos, neg)
+                ce_cent = self._cross_entropy(out[:, 0] / self.temp, y)
+                ce_hard = self._cross_entropy(hard / self.temp, y)
+                loss = hw * ce_cent + (1 - hw) * ce_hard  # convex in both loss forms
+                self._parts = {"loss_centroid": ce_cent.detach(), "loss_hard": ce_hard.detach()}
+        return loss
+
+    def _blend(self, rows: Tensor, samples: Tensor) -> None:
+        """features[rows] = normalise(m * features[rows] + (1 - m) * samples); rows must be distinct."""
+        m = self.momentum
+        new = self.features.index_select(0, rows) * m + (1 - m) * samples
+        self.features.index_copy_(0, rows, new / new.norm(dim=1, keepdim=True))
+
+    @torch.no_grad()
+    def update(self, features: Tensor, labels: Tensor) -> None:
+        """Apply the reference update for the (all-gathered, rank-ordered) batch; call after backward."""
+        f, y = self._batch(features.detach(), labels, "update")
+        f, y = distributed.all_gather_cat(f), distributed.all_gather_cat(y)
+        if y.numel() == 0:
+            return
+        seg = _segments(y, self.num_clusters)
+        c = self.num_clusters
+        if self.mode == "CM":  # sequential per sample in batch order: round r = every cluster's r-th member
+            for idx in seg.rounds:
+                self._blend(y[idx], f.index_select(0, idx))
+            return
+        if self.mode in ("CMhard", "CMhybrid"):
+            hard = _hardest(f, self.features.index_select(0, seg.uniq), seg)
+            self._blend(seg.uniq, f.index_select(0, hard))
+            if self.mode == "CMhard":
+                return
+        if self.mode == "CMhybrid_v2":
+            if len(seg.rounds) > self.num_instances:
+                raise ValueError(
+                    f"memory.update: a cluster has {len(seg.rounds)} images in the batch but CMhybrid_v2 keeps "
+                    f"only num_instances={self.num_instances} slots; set num_instances to data.num_instances"
+                )
+            self.features.index_copy_(0, y + (seg.occ + 1) * c, f)  # slots 1..n_c overwritten in batch order
+        mean = _group_sums(f, seg) / seg.counts[:, None].to(f.dtype)
+        self._blend(seg.uniq + (c if self.mode == "CMhybrid" else 0), mean)

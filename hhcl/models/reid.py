@@ -1,0 +1,128 @@
+"""The re-ID embedding network of the reference (section 2): backbone -> pooling -> [Linear] -> BN neck -> L2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision.models as tvm
+from torch import nn
+from torch.nn import init
+
+from hhcl.models.ghost_bn import convert_ghost_bn
+from hhcl.models.pooling import build_pooling
+from hhcl.models.resnet_ibn_a import resnet50_ibn_a
+from hhcl.models.weights import WeightsNotFoundError, imagenet_weights_file
+
+ARCH_BUILDERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50,
+                 "resnet101": tvm.resnet101, "resnet50_ibn_a": resnet50_ibn_a}
+_DEEP = ("resnet50", "resnet101", "resnet50_ibn_a")
+
+
+class ReIDNet(nn.Module):
+    """Embedding network with the reference's module names (``base.N``, ``gap``, ``feat``, ``feat_bn``).
+
+    ``forward`` takes a normalised float batch ``[B, 3, H, W]`` and returns L2-normalised embeddings
+    ``[B, feature_dim]`` in train and eval mode (reference 2.4); dropout (train mode only) comes after.
+    """
+
+    def __init__(self, backbone: nn.Module, pooling: nn.Module, num_features: int = 0, dropout: float = 0.0) -> None:
+        super().__init__()
+        b = backbone
+        self.base = nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool, b.layer1, b.layer2, b.layer3, b.layer4)
+        self.gap = pooling
+        last = b.layer4[-1]
+        out_planes = (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
+        if num_features > 0:
+            self.feat = nn.Linear(out_planes, num_features)
+            init.kaiming_normal_(self.feat.weight, mode="fan_out")
+            init.constant_(self.feat.bias, 0)
+        self.feature_dim = num_features if num_features > 0 else out_planes
+        self.feat_bn = nn.BatchNorm1d(self.feature_dim)
+        init.constant_(self.feat_bn.weight, 1)
+        init.constant_(self.feat_bn.bias, 0)
+        self.feat_bn.bias.requires_grad_(False)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gap(self.base(x)).flatten(1)
+        if hasattr(self, "feat"):
+            x = self.feat(x)
+        x = F.normalize(self.feat_bn(x))
+        if self.drop is not None and self.training:
+            x = self.drop(x)
+        return x
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every parameter with ``requires_grad`` (the frozen ``feat_bn.bias`` is left out), in module order."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def param_groups(self) -> list[dict[str, list[nn.Parameter]]]:
+        """The reference's optimiser groups: one group per trainable parameter (Adam lr/wd set on the optimiser)."""
+        return [{"params": [p]} for p in self.trainable_parameters()]
+
+    def reset_params(self) -> None:
+        """The reference's init for ``pretrained=False``: Kaiming-normal convs, BN 1/0, Linear N(0, 0.001)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    init.constant_(m.bias, 0)
+            elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d | nn.InstanceNorm2d) and m.affine:
+                init.constant_(m.weight, 1)
+                init.constant_(m.bias, 0)
+            elif isinstance(m, nn.Linear):
+                init.normal_(m.weight, std=0.001)
+                if m.bias is not None:
+                    init.constant_(m.bias, 0)
+
+
+def _load_pretrained(model: ReIDNet, path: str) -> None:
+    """Load a backbone (or whole-model) weight file; every backbone tensor must be present and fit."""
+    from hhcl.checkpoint import CheckpointError, load_weights
+
+    report = load_weights(model, path)
+    missing = [k for k in report.missing if k.startswith("base.")]
+    if missing or report.unexpected or report.mismatched:
+        raise CheckpointError(f"pretrained weights '{path}' do not fit this backbone: {report}")
+
+
+def build_model(
+    arch: str,
+    pooling: str = "avg",
+    pretrained: str = "none",
+    num_features: int = 0,
+    dropout: float = 0.0,
+    bn_group: int = 0,
+    gem_p: float = 3.0,
+    gem_learnable: bool = True,
+) -> ReIDNet:
+    """The reference's re-ID net: ``arch`` backbone (last stride 1 for depth >= 50), pooling, BN neck.
+
+    ``pretrained``: "imagenet" (torchvision IMAGENET1K_V1, or the local IBN-Net file), "none" (reference init),
+    or a path to .pth/.pth.tar/.safetensors. ``bn_group`` > 0 turns every BatchNorm into ghost BN of that size.
+    """
+    if arch not in ARCH_BUILDERS:
+        raise ValueError(f"model.arch = {arch!r} is not allowed: use one of {', '.join(ARCH_BUILDERS)}")
+    source = None
+    if pretrained == "imagenet":
+        source = str(imagenet_weights_file(arch))
+    elif pretrained != "none":
+        if not Path(pretrained).expanduser().is_file():
+            raise WeightsNotFoundError(
+                f"model.pretrained = '{pretrained}': no such file. Give an existing .pth, .pth.tar or "
+                ".safetensors file, or use imagenet or none."
+            )
+        source = str(Path(pretrained).expanduser())
+    backbone = ARCH_BUILDERS[arch]()
+    if arch in _DEEP:
+        backbone.layer4[0].conv2.stride = (1, 1)
+        backbone.layer4[0].downsample[0].stride = (1, 1)
+    model = ReIDNet(backbone, build_pooling(pooling, gem_p=gem_p, gem_learnable=gem_learnable), num_features, dropout)
+    if source is None:
+        model.reset_params()
+    else:
+        _load_pretrained(model, source)
+    convert_ghost_bn(model, bn_group)
+    return model

@@ -1,0 +1,68 @@
+"""``hhcl prepare DATASET``: extract/link a dataset into the data root, verify it and build its image cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from hhcl_tui.common import console, data_root, err_console, fail
+
+
+def prepare(
+    dataset: Annotated[str, typer.Argument(help="market1501, dukemtmcreid, msmt17, viper, folder or synthetic")],
+    src: Annotated[Path | None, typer.Option(help="the dataset's archive (.zip/.tar[.gz]) or folder")] = None,
+    root: Annotated[Path | None, typer.Option(help="data root [default: $HHCL_DATA or ./data]")] = None,
+    height: Annotated[int | None, typer.Option(help="cache image height [default: 256; synthetic 128]")] = None,
+    width: Annotated[int | None, typer.Option(help="cache image width [default: 128; synthetic 64]")] = None,
+    skip_corrupt: Annotated[bool, typer.Option(help="leave corrupt images out instead of failing")] = False,
+    copy: Annotated[bool, typer.Option(help="copy a --src folder instead of linking it")] = False,
+    cam_pattern: Annotated[
+        str | None, typer.Option(help="folder: regex on the file name whose group 1 is the camera")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="synthetic: generator seed; viper: id split seed")] = 0,
+    ids: Annotated[int, typer.Option(help="synthetic: number of identities (half train, half test)")] = 100,
+    cams: Annotated[int, typer.Option(help="synthetic: number of cameras (1-9)")] = 4,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Prepare a dataset under ROOT/DATASET: safe extraction, layout and count checks, decoding, uint8 cache."""
+    from hhcl.data import REGISTRY, CorruptImageError, prepare_dataset, prepare_synthetic
+
+    if dataset not in REGISTRY:
+        raise fail(f"unknown dataset '{dataset}': use one of {', '.join(REGISTRY)}")
+    root = data_root(root)
+    try:
+        if dataset == "synthetic":
+            report = prepare_synthetic(
+                root, ids=ids, cams=cams, seed=seed, height=height or 128, width=width or 64, progress=progress
+            )
+        else:
+            options = {"cam_pattern": cam_pattern} if cam_pattern else {}
+            if dataset == "viper":
+                options["seed"] = seed
+            report = prepare_dataset(
+                dataset,
+                src,
+                root,
+                height=height or 256,
+                width=width or 128,
+                skip_corrupt=skip_corrupt,
+                progress=progress,
+                copy=copy,
+                options=options,
+            )
+    except CorruptImageError as err:  # decoding failed: exit 1
+        raise fail(str(err), 1) from None
+    except (FileNotFoundError, ValueError) as err:  # missing/incomplete layout, unsafe archive, bad names: exit 2
+        raise fail(str(err), 2) from None
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    table = Table(title=f"{dataset} in {report.top}", header_style="bold cyan")
+    for col in ("split", "images", "published"):
+        table.add_column(col, justify="right")
+    for split, n in report.counts.items():
+        table.add_row(split, f"{n:,}", f"{report.published[split]:,}" if report.published else "-")
+    console.print(table)
+    console.print(f"cache: {', '.join(str(p) for p in report.caches)}  ({report.seconds:.1f} s)", highlight=False)

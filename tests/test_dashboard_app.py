@@ -1,0 +1,150 @@
+"""The Textual dashboard, driven with Pilot: numbers shown for a recorded log, live tailing, quitting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_dashboard_state import write_tiny_log  # the recorded log, shared
+from textual.widgets import ProgressBar, RichLog, Sparkline, Static
+
+from hhcl.events import EventWriter
+from hhcl_tui.dashboard import stop_process
+from hhcl_tui.dashboard.app import LEAVE, QUIT, STOP, DashboardApp, QuitScreen
+
+
+def shown(app: DashboardApp, wid: str) -> str:
+    """The plain text a Static panel currently shows."""
+    content = app.query_one(f"#{wid}", Static).content
+    return getattr(content, "plain", str(content))
+
+
+@pytest.mark.asyncio
+async def test_recorded_log_numbers_shown(tmp_path: Path) -> None:
+    app = DashboardApp(write_tiny_log(tmp_path / "run"))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.pause()
+        assert shown(app, "epoch-text") == "epoch 3/4  iter 5/10"
+        assert shown(app, "eta-text") == "ETA 0:36  elapsed 1:00"
+        assert shown(app, "speed-text").startswith("lr 3.50e-05  img/s 125")
+        assert shown(app, "cluster-text") == "15 clusters  30 outliers (12.5%)"
+        assert shown(app, "eval-text") == "★ best mAP 45.0% R1 55.0% (epoch 2)"
+        assert "tiny-run" in shown(app, "run") and "synthetic" in shown(app, "run")
+        assert app.query_one("#bar", ProgressBar).percentage == pytest.approx(25 / 40)
+        assert list(app.query_one("#spark-clusters", Sparkline).data or []) == [12.0, 15.0]
+        assert list(app.query_one("#spark-outliers", Sparkline).data or []) == [25.0, 12.5]
+        assert str(app.query_one("#evals").border_subtitle).startswith("last: mAP 45.0%")
+        assert str(app.query_one("#loss").border_title) == "Loss 1.250"
+        log_text = " ".join(strip.text.rstrip() for strip in app.query_one("#log", RichLog).lines)
+        assert "eval epoch 2: mAP 45.0% · R1 55.0% ★ best" in log_text
+        assert app.sub_title == "tiny-run · running"
+
+
+@pytest.mark.asyncio
+async def test_growing_log_updates_the_screen(tmp_path: Path) -> None:
+    run_dir = write_tiny_log(tmp_path / "run", upto=4, torn=False)  # run_start .. first step
+    app = DashboardApp(run_dir, poll_interval=0.05)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert shown(app, "epoch-text") == "epoch 1/4  iter 5/10"
+        assert shown(app, "eval-text") == "no evaluation yet"
+        path = run_dir / "events.jsonl"
+        with EventWriter(path) as writer:
+            writer.emit("step", t=1020.0, epoch=0, iter=9, loss=2.5, lr=3.5e-4, images_per_s=110.0)
+            writer.emit("eval", t=1025.0, epoch=0, mAP=0.3, cmc=[0.4, 0.6, 0.7], best=0.3)
+        with open(path, "a", encoding="utf-8") as fh:  # half a line: not shown until it is complete
+            fh.write('{"v": 1, "t": 1030.0, "type": "epoch_start", "epo')
+        await pilot.pause(0.3)
+        assert shown(app, "epoch-text") == "epoch 1/4  iter 10/10"
+        assert shown(app, "eval-text") == "★ best mAP 30.0% R1 40.0% (epoch 1)"
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write('ch": 1, "lr": 3.5e-05}\n')
+        await pilot.pause(0.3)
+        assert shown(app, "epoch-text") == "epoch 2/4  iter --/10"
+        assert shown(app, "speed-text").startswith("lr 3.50e-05")
+
+
+@pytest.mark.asyncio
+async def test_waits_for_a_log_that_does_not_exist_yet(tmp_path: Path) -> None:
+    app = DashboardApp(tmp_path / "not-yet")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert "waiting for run_start" in shown(app, "run")
+        await pilot.press("q")
+    assert app.return_value == QUIT
+
+
+@pytest.mark.asyncio
+async def test_quit_asks_about_a_live_training_process(tmp_path: Path) -> None:
+    run_dir = write_tiny_log(tmp_path / "run")
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True,
+                               stderr=subprocess.DEVNULL)
+    try:
+        app = DashboardApp(run_dir, process=process)
+        async with app.run_test(size=(100, 32)) as pilot:
+            await pilot.press("q")
+            assert isinstance(app.screen, QuitScreen)
+            await pilot.click("#cancel")
+            assert not isinstance(app.screen, QuitScreen) and app.is_running
+            await pilot.press("q")
+            await pilot.click("#leave")
+        assert app.return_value == LEAVE and process.poll() is None
+        app = DashboardApp(run_dir, process=process)
+        async with app.run_test(size=(100, 32)) as pilot:
+            await pilot.press("q")
+            await pilot.click("#stop")
+        assert app.return_value == STOP
+    finally:
+        code = stop_process(process, timeout=20)
+    assert code != 0 and process.poll() is not None  # SIGINT ended it
+
+
+@pytest.mark.asyncio
+async def test_finished_process_is_reported_and_quit_does_not_ask(tmp_path: Path) -> None:
+    run_dir = write_tiny_log(tmp_path / "run")
+    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    process.wait(timeout=20)
+    app = DashboardApp(run_dir, process=process)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.pause()
+        assert app.state.status == "exited (3)"
+        assert "training process exited with code 3" in app.state.log[-1].text
+        await pilot.press("q")
+    assert app.return_value == QUIT
+
+
+@pytest.mark.asyncio
+async def test_reload_reads_the_log_again(tmp_path: Path) -> None:
+    app = DashboardApp(write_tiny_log(tmp_path / "run"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        before = app.state.n_events
+        await pilot.press("r")
+        await pilot.pause()
+        assert app.state.n_events == before and shown(app, "epoch-text") == "epoch 3/4  iter 5/10"
+
+
+def test_run_dashboard_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `hhcl train --tui` returns for each way the dashboard ends (the app itself is stubbed)."""
+    import hhcl_tui.dashboard as dashboard
+
+    run_dir = write_tiny_log(tmp_path / "run")
+    choice = {"value": QUIT}
+    monkeypatch.setattr(dashboard.DashboardApp, "run", lambda self: choice["value"])
+    assert dashboard.run_dashboard(run_dir) == 0
+    done = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    done.wait(timeout=20)
+    assert dashboard.run_dashboard(run_dir, done) == 1
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True,
+                            stderr=subprocess.DEVNULL)
+    try:
+        choice["value"] = LEAVE
+        assert dashboard.run_dashboard(run_dir, live) == 0 and live.poll() is None
+        choice["value"] = STOP
+        assert dashboard.run_dashboard(run_dir, live) == 130 and live.poll() is not None
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait()

@@ -1,0 +1,192 @@
+"""End-to-end training on tiny synthetic data (CPU): run directory, events, checkpoints, resume, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hhcl.config import load_config
+from hhcl.engine import Hook, Trainer, resume_config
+from hhcl.events import read_events
+
+TINY = (
+    "data.height=64",
+    "data.width=32",
+    "data.batch_size=16",
+    "data.num_instances=4",
+    "model.bn_group=8",
+    "cluster.k1=8",
+    "cluster.k2=3",
+    "cluster.eps=0.7",
+    "cluster.min_samples=3",
+    "train.iters=3",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "train.device=cpu",
+)
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    from hhcl.data import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    prepare_synthetic(root, ids=12, cams=3, seed=3, height=64, width=32, progress=False)
+    return root
+
+
+def tiny_config(root: Path, *extra: str):
+    return load_config("demo", [f"data.root={root}", *TINY, *extra])
+
+
+def fit(cfg, run_dir: Path, **kw):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(cfg.to_toml())
+    return Trainer(cfg, run_dir, preset="demo", **kw).fit()
+
+
+class Recorder(Hook):
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.steps: list[tuple[int, int]] = []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+    def after_step(self, trainer, epoch, it):
+        self.steps.append((epoch, it))
+
+
+def test_end_to_end_run_directory_events_and_checkpoint(synth_root, tmp_path):
+    cfg = tiny_config(synth_root)
+    rec = Recorder()
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, tmp_path / "run", preset="demo", hooks=[rec])
+    result = trainer.fit()
+    assert result.status == "ok", result.message
+    run = tmp_path / "run"
+    events = read_events(run)
+    assert events == [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in events] == [e["type"] for e in rec.events]
+    types = {e["type"] for e in events}
+    assert types == {"run_start", "epoch_start", "cluster", "step", "eval", "checkpoint", "run_end"}
+    assert all(e["v"] == 1 and isinstance(e["t"], float) for e in events)
+    start = events[0]
+    assert start["type"] == "run_start" and start["world_size"] == 1 and start["device"] == "cpu"
+    assert start["config"]["cluster"]["eps"] == 0.7 and start["epochs"] == 2 and start["iters"] == 3
+    clusters = [e for e in events if e["type"] == "cluster"]
+    assert [c["epoch"] for c in clusters] == [0, 1]
+    for c in clusters:
+        assert c["n_clusters"] >= 1 and c["n_clusters"] + 0 <= c["n_samples"]
+        assert c["outlier_ratio"] == pytest.approx(c["n_outliers"] / c["n_samples"], abs=1e-6)
+        assert {"extract", "knn", "jaccard", "dbscan"} <= set(c["seconds"])
+    steps = [e for e in events if e["type"] == "step"]
+    assert rec.steps == [(e, i) for e in range(2) for i in range(3)]
+    assert all(torch.isfinite(torch.tensor(s["loss"])) and s["images_per_s"] > 0 for s in steps)
+    assert {"loss_hard", "loss_mean"} <= set(steps[0])
+    evals = [e for e in events if e["type"] == "eval"]
+    assert [e["epoch"] for e in evals] == [0, 1]
+    assert all(0 <= e["mAP"] <= 1 and len(e["cmc"]) == 3 for e in evals)
+    assert evals[-1]["best"] == pytest.approx(max(e["mAP"] for e in evals), abs=1e-6)
+    end = events[-1]
+    assert end["type"] == "run_end" and end["status"] == "ok"
+    assert end["best_mAP"] == pytest.approx(result.best_mAP, abs=1e-6)
+    ckpts = run / "checkpoints"
+    assert {p.name for p in ckpts.iterdir()} >= {"last.safetensors", "last.state.pt", "best.safetensors"}
+    assert not list(ckpts.glob("*.tmp*"))
+    # the checkpoint reproduces the trained model's embeddings through the public loader
+    from hhcl.checkpoint import load_model
+
+    model, info = load_model(run, device="cpu")
+    assert info.arch == "resnet18" and (info.height, info.width) == (64, 32)
+    x = torch.randn(4, 3, 64, 32)
+    last, _ = load_model(ckpts / "last.safetensors", device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(trainer.model.eval()(x), last.eval()(x), atol=1e-6)
+    assert model.feature_dim == last.feature_dim == 512
+
+
+def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / "last.safetensors")
+
+
+class StopAt(Hook):
+    def __init__(self, epoch: int, it: int) -> None:
+        self.at = (epoch, it)
+
+    def after_step(self, trainer, epoch, it):
+        if (epoch, it) == self.at:
+            trainer.stop_requested = True
+
+
+def test_resume_mid_epoch_and_extension_equal_uninterrupted(synth_root, tmp_path):
+    cfg = tiny_config(synth_root, "train.epochs=3")
+    straight = fit(cfg, tmp_path / "a")
+    assert straight.status == "ok"
+
+    stopped = fit(cfg, tmp_path / "b", hooks=[StopAt(1, 0)])
+    assert stopped.status == "interrupted" and "--resume" in stopped.message
+    resumed = Trainer(resume_config(tmp_path / "b"), tmp_path / "b", resume=True).fit()
+    assert resumed.status == "ok"
+    a, b = weights_of(tmp_path / "a"), weights_of(tmp_path / "b")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "mid-epoch resume diverged from the uninterrupted run"
+
+    short = fit(tiny_config(synth_root, "train.epochs=2"), tmp_path / "c")
+    assert short.status == "ok"
+    extended = Trainer(resume_config(tmp_path / "c", ["train.epochs=3"]), tmp_path / "c", resume=True).fit()
+    assert extended.status == "ok"
+    c = weights_of(tmp_path / "c")
+    assert all(torch.equal(a[k], c[k]) for k in a), "extending a finished run diverged"
+    starts = [e for e in read_events(tmp_path / "b") if e["type"] == "run_start"]
+    assert [s["start_epoch"] for s in starts] == [0, 1] and starts[1]["start_iter"] == 1
+
+
+def test_resume_refuses_changing_keys(synth_root, tmp_path):
+    from hhcl.config import ConfigError
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.toml").write_text(tiny_config(synth_root).to_toml())
+    with pytest.raises(ConfigError, match="cluster.eps.*cannot change on resume"):
+        resume_config(run, ["cluster.eps=0.5"])
+    assert resume_config(run, ["train.epochs=9"]).train.epochs == 9
+
+
+def test_no_clusters_stops_with_eps_in_the_message(synth_root, tmp_path):
+    cfg = tiny_config(synth_root, "cluster.eps=0.0001", "cluster.min_samples=50")
+    result = fit(cfg, tmp_path / "none")
+    assert result.status == "error"
+    assert "cluster.eps=0.0001" in result.message and "no clusters" in result.message
+    events = read_events(tmp_path / "none")
+    assert events[-2]["type"] == "error" and events[-1]["status"] == "error"
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synth_root, tmp_path):
+    class Poison(Hook):
+        def after_step(self, trainer, epoch, it):
+            if epoch == 1:
+                with torch.no_grad():
+                    for p in trainer.model.parameters():
+                        p.fill_(float("nan"))
+
+    cfg = tiny_config(synth_root, "train.epochs=2")
+    result = fit(cfg, tmp_path / "nan", hooks=[Poison()])
+    assert result.status == "error" and "not finite" in result.message
+    good = weights_of(tmp_path / "nan")
+    assert all(torch.isfinite(v).all() for v in good.values() if v.is_floating_point())
+
+
+def test_supervised_mode_uses_ground_truth_ids(synth_root, tmp_path):
+    cfg = tiny_config(synth_root, "train.supervised=true", "train.epochs=1")
+    result = fit(cfg, tmp_path / "sup")
+    assert result.status == "ok"
+    cluster = next(e for e in read_events(tmp_path / "sup") if e["type"] == "cluster")
+    from hhcl.data import build_dataset
+
+    ds = build_dataset("synthetic", synth_root)
+    assert cluster["n_clusters"] == len({s.pid for s in ds.train}) and cluster["n_outliers"] == 0

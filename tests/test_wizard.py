@@ -1,0 +1,175 @@
+"""The config wizard: its form model, and Pilot runs that save a TOML and refuse bad values."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from textual.widgets import Button, Input, Select, Static
+
+from hhcl.config import PRESETS_DIR, ConfigError, load_config
+from hhcl_tui.wizard import GPUS, WizardApp, WizardForm, detect_datasets
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def preset_dict(name: str) -> dict:
+    return tomllib.loads((PRESETS_DIR / f"{name}.toml").read_text())
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data root (relative, inside tmp_path as the cwd) with market1501 and viper prepared."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("market1501", "viper", "not-a-dataset"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    return Path("data")
+
+
+# -- the form model -------------------------------------------------------------------------------
+
+
+def test_detect_datasets(data_root: Path) -> None:
+    assert detect_datasets(data_root) == ["market1501", "viper"]
+    assert detect_datasets(data_root / "missing") == []
+
+
+def test_form_errors_name_the_key_and_attach_to_the_field(data_root: Path) -> None:
+    form = WizardForm("market", data_root)
+    assert form.valid and form.errors == {}
+    assert "not an int" in (form.set("data.batch_size", "lots") or "")
+    assert not form.valid and "data.batch_size" in form.errors["data.batch_size"]
+    assert "multiple of data.num_instances" in (form.set("data.batch_size", "250") or "")
+    assert form.set("data.batch_size", "240") is None or "model.bn_group" in form.errors["data.batch_size"]
+    # 240 is a multiple of 16 but not of the preset's bn_group 64: that error names model.bn_group (not a
+    # form field), so it is shown at the field just edited
+    assert form.errors == {"data.batch_size": form.errors["data.batch_size"]}
+    assert "model.bn_group" in form.errors["data.batch_size"]
+    assert form.set("data.batch_size", "128") is None and form.valid
+    assert "cluster.eps" in (form.set("cluster.eps", "1.5") or "")
+    form.set("cluster.eps", "0.5")
+    assert "use one of off, bf16, fp16" in (form.set("train.amp", "fp8") or "")
+    form.set("train.amp", "bf16")
+    assert "--nproc-per-node" in (form.set(GPUS, "0") or "")
+    form.set(GPUS, "4")
+    assert form.valid and form.gpus == 4
+    with pytest.raises(KeyError, match="unknown wizard field"):
+        form.set("optim.lr", "1")
+
+
+def test_form_save_and_argv(data_root: Path) -> None:
+    form = WizardForm("demo", data_root)
+    form.set("train.epochs", "3")
+    with pytest.raises(ConfigError, match="must end with .toml"):
+        form.save(Path("out.txt"))
+    path = form.save(Path("cfg/out.toml"))
+    assert load_config(path).train.epochs == 3
+    assert form.train_argv(path) == ["train", "--preset", "cfg/out.toml"]
+    lines = form.toml().splitlines()
+    assert [lines[n - 1] for n in sorted(form.changed_lines())] == ["epochs = 3"]
+    form.set("cluster.eps", "x")
+    with pytest.raises(ConfigError, match="not valid yet"):
+        form.save(Path("again.toml"))
+
+
+# -- Pilot ----------------------------------------------------------------------------------------
+
+
+async def type_into(pilot, app: WizardApp, widget_id: str, text: str) -> None:  # noqa: ANN001
+    """Focus an input (which selects its text) and type over it, key by key."""
+    app.query_one(f"#{widget_id}", Input).focus()
+    await pilot.pause()
+    await pilot.press(*text)
+    await pilot.pause()
+
+
+async def fill(pilot, app: WizardApp, widget_id: str, text: str) -> None:  # noqa: ANN001
+    """Replace an input's text at once (as a paste would): the same Changed event, fewer Pilot round trips."""
+    app.query_one(f"#{widget_id}", Input).value = text
+    await pilot.pause()
+
+
+@pytest.mark.asyncio
+async def test_wizard_writes_the_expected_toml_and_offers_training(data_root: Path) -> None:
+    app = WizardApp(preset="market", data_root=data_root, out=Path("mine.toml"))
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        app.query_one("#f-data-dataset", Select).value = "viper"
+        app.query_one("#f-model-arch", Select).value = "resnet50_ibn_a"
+        # pooling through the keyboard: open the list, move from avg to gem, pick it
+        app.query_one("#f-model-pooling", Select).focus()
+        await pilot.press("enter", "down", "enter")
+        app.query_one("#f-memory-mode", Select).value = "CMhard"
+        await type_into(pilot, app, "f-cluster-eps", "0.5")
+        await fill(pilot, app, "f-data-batch_size", "128")
+        await fill(pilot, app, "f-data-num_instances", "8")
+        await fill(pilot, app, "f-train-epochs", "40")
+        await fill(pilot, app, "f-train-iters", "100")
+        await type_into(pilot, app, "f-gpus", "2")
+        app.query_one("#f-train-amp", Select).value = "bf16"
+        await pilot.pause()
+        assert app.query_one("#train", Button).disabled  # nothing saved yet
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert not app.query_one("#train", Button).disabled
+        await pilot.click("#train")
+        await pilot.pause()
+    expected = preset_dict("market")
+    expected["data"].update(dataset="viper", batch_size=128, num_instances=8)
+    expected["model"].update(arch="resnet50_ibn_a", pooling="gem")
+    expected["memory"]["mode"] = "CMhard"
+    expected["cluster"]["eps"] = 0.5
+    expected["train"].update(epochs=40, iters=100, amp="bf16")
+    saved = Path("mine.toml").read_text()
+    assert tomllib.loads(saved) == expected
+    assert saved.startswith("# hhcl wizard, from preset market")
+    assert app.return_value == ["train", "--preset", "mine.toml", "--nproc-per-node", "2"]
+
+
+@pytest.mark.asyncio
+async def test_wizard_refuses_invalid_input(data_root: Path) -> None:
+    app = WizardApp(preset="market", data_root=data_root, out=Path("bad.toml"))
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await type_into(pilot, app, "f-data-batch_size", "250")
+        error = app.query_one("#e-data-batch_size", Static)
+        assert error.display and "data.batch_size = 250 is not allowed" in str(error.content)
+        assert app.query_one("#f-data-batch_size", Input).has_class("-invalid")
+        assert app.query_one("#save", Button).disabled
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert not Path("bad.toml").exists()
+        await fill(pilot, app, "f-cluster-eps", "abc")
+        assert "cluster.eps = 'abc' is not a number" in str(app.query_one("#e-cluster-eps", Static).content)
+        await fill(pilot, app, "f-data-batch_size", "256")
+        await fill(pilot, app, "f-cluster-eps", "0.6")
+        assert not app.query_one("#e-data-batch_size", Static).display
+        assert not app.query_one("#e-cluster-eps", Static).display
+        await fill(pilot, app, "out", "bad.txt")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert "must end with .toml" in str(app.query_one("#e-out", Static).content)
+        assert not Path("bad.txt").exists()
+        await pilot.press("ctrl+t")  # nothing saved: refused, the app keeps running
+        assert app.is_running
+        await pilot.press("ctrl+q")
+    assert app.return_value is None
+
+
+@pytest.mark.asyncio
+async def test_wizard_preset_switch_and_dataset_detection(data_root: Path) -> None:
+    app = WizardApp(preset="market", data_root=data_root, out=Path("x.toml"))
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        labels = {str(prompt) for prompt, _ in app.query_one("#f-data-dataset", Select)._options}
+        assert {"market1501 ✓", "viper ✓", "msmt17 (not prepared)"} <= labels
+        app.query_one("#preset", Select).value = "demo"
+        await pilot.pause()
+        assert app.query_one("#f-data-batch_size", Input).value == "64"
+        assert app.query_one("#f-cluster-eps", Input).value == "0.5"
+        assert app.query_one("#f-model-arch", Select).value == "resnet18"
+        assert app.form.preset == "demo" and app.form.valid
