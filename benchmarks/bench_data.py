@@ -23,7 +23,15 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from hhcl.data import IMAGENET_MEAN, IMAGENET_STD, PKSampler, TrainAugment, build_dataset, open_split, prepare_synthetic
+from hhcl.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PKSampler,
+    TrainAugment,
+    build_dataset,
+    open_split,
+    prepare_synthetic,
+)
 
 
 class ReferenceErasing:
@@ -49,15 +57,17 @@ class PILDataset(Dataset):
 
     def __init__(self, paths: list[str], height: int, width: int):
         self.paths = paths
-        self.transform = T.Compose([
-            T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(p=0.5),
-            T.Pad(10),
-            T.RandomCrop((height, width)),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            ReferenceErasing(),
-        ])
+        self.transform = T.Compose(
+            [
+                T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC),
+                T.RandomHorizontalFlip(p=0.5),
+                T.Pad(10),
+                T.RandomCrop((height, width)),
+                T.ToTensor(),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+                ReferenceErasing(),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -104,8 +114,12 @@ def bench_baseline(paths, sampler, args, device, n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=None, help="data root with a prepared dataset (default: temp synthetic)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root", type=Path, default=None, help="data root with a prepared dataset (default: temp synthetic)"
+    )
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=128)
@@ -123,7 +137,9 @@ def main() -> None:
         root = args.root
         if root is None:
             root = Path(tmp)
-            prepare_synthetic(root, ids=200, cams=6, seed=0, height=args.height, width=args.width, progress=False)
+            prepare_synthetic(
+                root, ids=200, cams=6, seed=0, height=args.height, width=args.width, progress=False
+            )
         ds = build_dataset(args.dataset, root)
         t0 = time.perf_counter()
         store = open_split(ds, "train", height=args.height, width=args.width, device=device, progress=False)
@@ -136,12 +152,16 @@ def main() -> None:
         fast = bench_fast(store, make(), TrainAugment(args.height, args.width), device, args.batches)
         base = bench_baseline([s.path for s in ds.train], make(), args, device, args.batches)
     ips = args.batch_size
-    print(f"data pipeline, {args.dataset} train ({len(ds.train)} images), {args.height}x{args.width}, "
-          f"batch {args.batch_size}, device {device}, {args.batches} batches, torch threads {torch.get_num_threads()}")
+    print(
+        f"data pipeline, {args.dataset} train ({len(ds.train)} images), {args.height}x{args.width}, "
+        f"batch {args.batch_size}, device {device}, {args.batches} batches, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'path':<48}{'batches/s':>12}{'images/s':>12}")
     print(f"{'cache + device augment (hhcl.data)':<48}{fast:>12.2f}{fast * ips:>12.0f}")
     print(f"{f'PIL + torchvision, DataLoader({args.workers} workers)':<48}{base:>12.2f}{base * ips:>12.0f}")
-    print(f"speed-up: {fast / base:.1f}x   (opening the cached split: {open_s:.2f} s, resident={store._resident is not None})")
+    print(
+        f"speed-up: {fast / base:.1f}x   (opening the cached split: {open_s:.2f} s, resident={store._resident is not None})"
+    )
 
 
 if __name__ == "__main__":

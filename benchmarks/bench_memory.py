@@ -47,16 +47,22 @@ def loop_update(M: torch.Tensor, f: torch.Tensor, y: torch.Tensor, mode: str, C:
 
 
 def _time(fn: Callable[[int], None], iters: int, warmup: int, device: torch.device) -> float:
+    """Median milliseconds per call (robust to other processes sharing the CPU)."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for i in range(warmup):
         fn(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
+    times = []
     for i in range(iters):
+        sync()
+        t0 = time.perf_counter()
         fn(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) / iters * 1e3
+        sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
 
 
 def main() -> None:
@@ -92,7 +98,7 @@ def main() -> None:
 
     print(
         f"memory update, batch {B} ({B // P} clusters x {P}), dim {args.dim}, {C} clusters, device {device}, "
-        f"threads {torch.get_num_threads()}, {args.iters} iters"
+        f"threads {torch.get_num_threads()}, median of {args.iters} iters"
     )
     print(f"{'mode':<12} {'loop ms':>9} {'vectorised ms':>14} {'speed-up':>9} {'max |diff|':>11}")
     for mode in args.modes:

@@ -373,7 +373,6 @@ class Trainer:
         self.net.train()
         window = _Window()
         lr = self.optimizer.param_groups[0]["lr"]
-        finite = torch.ones((), dtype=torch.bool, device=self.device)
         for it in range(start_iter, cfg.train.iters):
             t_data = time.perf_counter()
             batch = next(state.sampler)
@@ -387,21 +386,20 @@ class Trainer:
             with self._autocast():
                 feats = self.net(x)
             loss = state.memory(feats.float(), labels)
+            if not torch.isfinite(loss.detach()):  # one host sync; the memory update syncs every step anyway
+                raise TrainingError(
+                    f"epoch {epoch} iter {it}: the loss became {loss.item()} (not finite). "
+                    f"Try a lower optim.lr ({cfg.optim.lr:g}) or train.amp=off; the last good checkpoint is kept."
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             state.memory.update(feats.detach().float(), labels)
-            finite &= torch.isfinite(loss.detach())
             window.images += len(batch)
             window.iters += 1
             last = it == cfg.train.iters - 1
             if (it + 1) % LOG_EVERY == 0 or last or it == start_iter:
-                if not bool(finite):
-                    raise TrainingError(
-                        f"epoch {epoch} iter {it}: the loss became {loss.item()} (not finite). "
-                        f"Try a lower optim.lr ({cfg.optim.lr:g}) or train.amp=off; the last good checkpoint is kept."
-                    )
                 elapsed = time.perf_counter() - window.t0
                 parts = {k: round(float(v), 5) for k, v in state.memory.last_parts.items()}
                 self.emit(

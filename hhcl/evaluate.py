@@ -14,8 +14,19 @@ from torch import Tensor, nn
 
 from hhcl.evaluation.features import extract_features, model_device, pairwise_sq_dist
 from hhcl.evaluation.metrics import _CHUNK_ELEMS, RankAccumulator, rank_metrics
+from hhcl.evaluation.run import EvalError, EvalReport, evaluate_checkpoint
 
-__all__ = ["evaluate", "evaluate_features", "extract_features", "pairwise_sq_dist", "rank_metrics", "rerank_distances"]
+__all__ = [
+    "EvalError",
+    "EvalReport",
+    "evaluate",
+    "evaluate_checkpoint",
+    "evaluate_features",
+    "extract_features",
+    "pairwise_sq_dist",
+    "rank_metrics",
+    "rerank_distances",
+]
 
 RERANK = {"k1": 20, "k2": 6, "lambda_value": 0.3}  # the reference's test-time re-ranking (examples/test.py)
 

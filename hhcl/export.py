@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,10 +103,12 @@ def _write_onnx(embedder: Embedder, dummy: torch.Tensor, path: Path, meta: dict[
     import onnx
 
     buffer = io.BytesIO()
-    torch.onnx.export(
-        embedder, (dummy,), buffer, dynamo=False, opset_version=ONNX_OPSET, input_names=["images"],
-        output_names=["embeddings"], dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
-    )
+    with warnings.catch_warnings():  # the TorchScript-based exporter is chosen on purpose (stable, one file)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            embedder, (dummy,), buffer, dynamo=False, opset_version=ONNX_OPSET, input_names=["images"],
+            output_names=["embeddings"], dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -120,11 +124,19 @@ def _run_onnx(path: Path, images: torch.Tensor) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: images.cpu().numpy()})[0]
 
 
+@contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """TorchScript is the requested format: silence torch.jit's deprecation FutureWarnings around it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        yield
+
+
 def _write_torchscript(embedder: Embedder, dummy: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
-    with torch.no_grad():
-        traced = torch.jit.trace(embedder, (dummy,), check_trace=False)
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={_EXTRA: json.dumps(meta)})
+    with torch.no_grad(), _quiet_jit():
+        traced = torch.jit.trace(embedder, (dummy,), check_trace=False)
+        torch.jit.save(traced, buffer, _extra_files={_EXTRA: json.dumps(meta)})
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -164,7 +176,7 @@ def export(
             got: Any = _run_onnx(path, check)
         elif format == "torchscript":
             _write_torchscript(embedder, dummy, path, meta)
-            with torch.no_grad():
+            with torch.no_grad(), _quiet_jit():
                 got = torch.jit.load(str(path), map_location="cpu")(check)
         else:
             save_weights(model, path, {**meta, "config": _safetensors_config_text(info), "format": "hhcl"})
@@ -268,7 +280,8 @@ def load_embedder(path: str | os.PathLike[str], *, device: str | torch.device = 
         return ImageEmbedder(run_onnx, int(meta["input_height"]), int(meta["input_width"]), torch.device("cpu"), meta)
     meta = _torchscript_meta(path) if path.is_file() and not path.name.endswith(".safetensors") else None
     if meta is not None:
-        module = torch.jit.load(str(path), map_location=dev).eval()
+        with _quiet_jit():
+            module = torch.jit.load(str(path), map_location=dev).eval()
         return ImageEmbedder(_no_grad(module), int(meta["input_height"]), int(meta["input_width"]), dev, meta)
     model, info = load_model(path, device=dev)
     embedder = Embedder(model).eval().to(dev)

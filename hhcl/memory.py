@@ -84,7 +84,8 @@ def sample_instances(
     )
     u = u.to(features.device)
     offset = torch.minimum((u * counts).long(), counts - 1)
-    return features.index_select(0, order[starts + offset]).float()
+    picks = order[starts + offset].flatten()
+    return features.index_select(0, picks).float().view(num_instances, num_clusters, -1)
 
 
 @dataclass(frozen=True)

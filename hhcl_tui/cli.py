@@ -63,6 +63,15 @@ from hhcl_tui.commands import prepare as prepare_cmd  # noqa: E402
 
 app.command("prepare")(prepare_cmd.prepare)
 
+from hhcl_tui.commands import export as export_cmd  # noqa: E402
+
+app.command("export")(export_cmd.export)
+app.command("embed")(export_cmd.embed)
+
+from hhcl_tui.commands import eval as eval_cmd  # noqa: E402
+
+app.command("eval")(eval_cmd.eval_cmd)
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -80,7 +80,9 @@ def test_train_augment_statistics() -> None:
     col, row = px[:, 0] // 4, (px[:, 1] - 1) // 2
     big, small = torch.tensor(10**6), torch.tensor(-(10**6))
 
-    def const(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # is v constant over valid pixels, and its value
+    def const(
+        v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # is v constant over valid pixels, and its value
         hi = torch.where(valid, v, small).amax((1, 2))
         lo = torch.where(valid, v, big).amin((1, 2))
         return hi == lo, hi
@@ -99,7 +101,9 @@ def test_train_augment_statistics() -> None:
         assert stats.chisquare(torch.bincount(offsets, minlength=21).numpy()).pvalue > 1e-4
     # padding is black: a pixel is padding exactly where the source row/col falls outside the image
     src_row = y + top.view(-1, 1, 1) - 10
-    src_col = torch.where(flipped.view(-1, 1, 1), W - 1 - (x + left.view(-1, 1, 1) - 10), x + left.view(-1, 1, 1) - 10)
+    src_col = torch.where(
+        flipped.view(-1, 1, 1), W - 1 - (x + left.view(-1, 1, 1) - 10), x + left.view(-1, 1, 1) - 10
+    )
     inside = (src_row >= 0) & (src_row < H) & (src_col >= 0) & (src_col < W)
     assert torch.equal((px[:, 2] == 200) | erased, inside | erased)
     assert (px.permute(1, 0, 2, 3)[:, ~inside & ~erased] == 0).all()  # padded pixels are black

@@ -26,7 +26,10 @@ def test_market_rules_and_regex_on_file_name(tmp_path: Path) -> None:
         ("bounding_box_train/0007_c6s2_000101_02.jpg", 1, 5),
         ("bounding_box_train/0011_c5s1_000020_01.jpg", 2, 4),
     ]
-    assert rel(ds.query, top) == [("query/0007_c1s1_000201_00.jpg", 7, 0), ("query/0011_c2s1_000301_00.jpg", 11, 1)]
+    assert rel(ds.query, top) == [
+        ("query/0007_c1s1_000201_00.jpg", 7, 0),
+        ("query/0011_c2s1_000301_00.jpg", 11, 1),
+    ]
     assert rel(ds.gallery, top) == [  # junk dropped, distractor 0 kept, raw pids, sorted by path
         ("bounding_box_test/0000_c1s1_000601_01.jpg", 0, 0),
         ("bounding_box_test/0007_c3s1_000401_01.jpg", 7, 2),
@@ -61,10 +64,16 @@ def test_duke_large_pids_and_eight_cameras(tmp_path: Path) -> None:
 
 def _msmt_lists(top: Path, train_dir: str, test_dir: str) -> None:
     entries = {
-        "list_train.txt": (train_dir, ["0000/0000_000_01_0303morning_0015_0.jpg 0", "0003/0003_001_12_0303noon_0020_1.jpg 3"]),
+        "list_train.txt": (
+            train_dir,
+            ["0000/0000_000_01_0303morning_0015_0.jpg 0", "0003/0003_001_12_0303noon_0020_1.jpg 3"],
+        ),
         "list_val.txt": (train_dir, ["0001/0001_000_15_0303afternoon_0030_0.jpg 1"]),
         "list_query.txt": (test_dir, ["0002/0002_000_04_0303morning_0040_0.jpg 2"]),
-        "list_gallery.txt": (test_dir, ["0002/0002_001_05_0303noon_0041_0.jpg 2", "0009/0009_000_04_0303noon_0050_2.jpg 9"]),
+        "list_gallery.txt": (
+            test_dir,
+            ["0002/0002_001_05_0303noon_0041_0.jpg 2", "0009/0009_000_04_0303noon_0050_2.jpg 9"],
+        ),
     }
     for n, (list_name, (folder, lines)) in enumerate(entries.items()):
         (top / list_name).parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +82,10 @@ def _msmt_lists(top: Path, train_dir: str, test_dir: str) -> None:
             write_image(top / folder / line.split()[0], seed=10 * n + k)
 
 
-@pytest.mark.parametrize(("top_name", "train_dir", "test_dir"), [("MSMT17_V1", "train", "test"),
-                                                                ("MSMT17_V2", "mask_train_v2", "mask_test_v2")])
+@pytest.mark.parametrize(
+    ("top_name", "train_dir", "test_dir"),
+    [("MSMT17_V1", "train", "test"), ("MSMT17_V2", "mask_train_v2", "mask_test_v2")],
+)
 def test_msmt17_list_layouts(tmp_path: Path, top_name: str, train_dir: str, test_dir: str) -> None:
     top = tmp_path / "msmt17" / top_name
     _msmt_lists(top, train_dir, test_dir)
@@ -92,11 +103,17 @@ def test_msmt17_list_layouts(tmp_path: Path, top_name: str, train_dir: str, test
 
 
 def test_msmt17_market_style_layout(tmp_path: Path) -> None:
-    files = {"bounding_box_train": ["0100_c15_0001.jpg", "0004_c11_0002.jpg"], "query": ["0200_c3_0003.jpg"],
-             "bounding_box_test": ["0200_c14_0004.jpg", "-1_c1_0005.jpg"]}
+    files = {
+        "bounding_box_train": ["0100_c15_0001.jpg", "0004_c11_0002.jpg"],
+        "query": ["0200_c3_0003.jpg"],
+        "bounding_box_test": ["0200_c14_0004.jpg", "-1_c1_0005.jpg"],
+    }
     top = make_market(tmp_path / "msmt17" / "MSMT17_V1", files)
     ds = build_dataset("msmt17", tmp_path)
-    assert rel(ds.train, top) == [("bounding_box_train/0004_c11_0002.jpg", 0, 10), ("bounding_box_train/0100_c15_0001.jpg", 1, 14)]
+    assert rel(ds.train, top) == [
+        ("bounding_box_train/0004_c11_0002.jpg", 0, 10),
+        ("bounding_box_train/0100_c15_0001.jpg", 1, 14),
+    ]
     assert rel(ds.gallery, top) == [("bounding_box_test/0200_c14_0004.jpg", 200, 13)]
 
 
@@ -125,15 +142,17 @@ def test_folder_cameras_from_subfolders_and_labelled_eval(tmp_path: Path) -> Non
         for k in range(2):
             write_image(top / "train" / cam / f"crop{k}.png", seed=k, fmt="PNG")
     write_image(top / "query" / "0003_c1_q.jpg", seed=1)
-    write_image(top / "gallery" / "0003_c2_g.jpg", seed=2)
+    write_image(top / "gallery" / "0003_c2_g.png", seed=2, fmt="PNG")
     write_image(top / "gallery" / "-1_c2_junk.jpg", seed=3)
     ds = build_dataset("folder", tmp_path)
     assert rel(ds.train, top) == [
-        ("train/gate/crop0.png", 0, 0), ("train/gate/crop1.png", 1, 0),
-        ("train/lobby/crop0.png", 2, 1), ("train/lobby/crop1.png", 3, 1),
+        ("train/gate/crop0.png", 0, 0),
+        ("train/gate/crop1.png", 1, 0),
+        ("train/lobby/crop0.png", 2, 1),
+        ("train/lobby/crop1.png", 3, 1),
     ]
     assert rel(ds.query, top) == [("query/0003_c1_q.jpg", 3, 0)]
-    assert rel(ds.gallery, top) == [("gallery/0003_c2_g.jpg", 3, 1)]
+    assert rel(ds.gallery, top) == [("gallery/0003_c2_g.png", 3, 1)]
 
 
 def test_folder_camera_pattern(tmp_path: Path) -> None:
@@ -141,7 +160,11 @@ def test_folder_camera_pattern(tmp_path: Path) -> None:
     for name in ("cam7_001.jpg", "cam2_002.jpg", "cam7_003.jpg"):
         write_image(top / name, seed=1)
     ds = build_dataset("folder", tmp_path, cam_pattern=r"cam(\d+)_")
-    assert [(Path(s.path).name, s.camid) for s in ds.train] == [("cam2_002.jpg", 0), ("cam7_001.jpg", 1), ("cam7_003.jpg", 1)]
+    assert [(Path(s.path).name, s.camid) for s in ds.train] == [
+        ("cam2_002.jpg", 0),
+        ("cam7_001.jpg", 1),
+        ("cam7_003.jpg", 1),
+    ]
     assert ds.query == [] and ds.gallery == []
     with pytest.raises(DatasetFormatError, match="cam2_002.jpg: file name does not match the camera pattern"):
         build_dataset("folder", tmp_path, cam_pattern=r"camera(\d+)")

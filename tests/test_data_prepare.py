@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import make_market
+from data_fixtures import make_market, write_image
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -94,7 +94,10 @@ def test_prepare_is_idempotent_and_resumes(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_missing_folder_names_the_expected_path(tmp_path: Path) -> None:
-    files = {"bounding_box_train": ["0002_c1s1_000451_03.jpg"], "bounding_box_test": ["0002_c2s1_000451_03.jpg"]}
+    files = {
+        "bounding_box_train": ["0002_c1s1_000451_03.jpg"],
+        "bounding_box_test": ["0002_c2s1_000451_03.jpg"],
+    }
     archive = market_archive(tmp_path, "zip", files)
     with pytest.raises(DatasetNotFoundError, match=r"missing folder\(s\) .*Market-1501-v15.09.15/query"):
         prepare_dataset("market1501", archive, tmp_path / "data", progress=False, **HW)
@@ -107,8 +110,22 @@ def test_corrupt_image_is_named_or_skipped(tmp_path: Path) -> None:
     root = tmp_path / "data"
     with pytest.raises(CorruptImageError, match="0007_c2s1_000001_01.jpg"):
         prepare_dataset("market1501", tmp_path / "mine", root, progress=False, **HW)
-    result = CliRunner().invoke(app, ["prepare", "market1501", "--src", str(tmp_path / "mine"), "--root", str(root),
-                                      "--height", "16", "--width", "8", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "prepare",
+            "market1501",
+            "--src",
+            str(tmp_path / "mine"),
+            "--root",
+            str(root),
+            "--height",
+            "16",
+            "--width",
+            "8",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 1 and "0007_c2s1_000001_01.jpg" in result.output
     report = prepare_dataset("market1501", tmp_path / "mine", root, skip_corrupt=True, progress=False, **HW)
     assert report.skipped == [str(root / "market1501" / "Market-1501-v15.09.15" / bad.relative_to(top))]
@@ -116,7 +133,10 @@ def test_corrupt_image_is_named_or_skipped(tmp_path: Path) -> None:
     assert len(ds.train) == 4 and not any("0007_c2s1_000001" in s.path for s in ds.train)
     assert sorted({s.pid for s in ds.train}) == [0, 1, 2]  # still relabelled densely
     imgs = open_split(ds, "train", height=16, width=8, device="cpu").gather(torch.arange(4))
-    assert all(torch.equal(imgs[i], torch.from_numpy(store.load_image(s.path, 16, 8))) for i, s in enumerate(ds.train))
+    assert all(
+        torch.equal(imgs[i], torch.from_numpy(store.load_image(s.path, 16, 8)))
+        for i, s in enumerate(ds.train)
+    )
     assert (root / "market1501" / "Market-1501-v15.09.15").is_symlink()  # a folder source is linked
 
 
@@ -151,18 +171,38 @@ def test_traversal_archives_are_refused_and_write_nothing(tmp_path: Path) -> Non
     for archive in _evil_tars(tmp_path):
         with pytest.raises(UnsafeArchiveError, match="refusing to extract|through the link"):
             prepare_dataset("market1501", archive, root, progress=False, **HW)
-        result = CliRunner().invoke(app, ["prepare", "market1501", "--src", str(archive), "--root", str(root)])
+        result = CliRunner().invoke(
+            app, ["prepare", "market1501", "--src", str(archive), "--root", str(root)]
+        )
         assert result.exit_code == 2, result.output
     assert not list(tmp_path.rglob("evil.txt"))
-    assert not (root / "market1501" / "files").exists() and not (root / "market1501" / "files.partial").exists()
+    assert (
+        not (root / "market1501" / "files").exists() and not (root / "market1501" / "files.partial").exists()
+    )
 
 
 def test_cli_prepare_archive(tmp_path: Path) -> None:
     archive = market_archive(tmp_path, "tar")
-    result = CliRunner().invoke(app, ["prepare", "market1501", "--src", str(archive), "--root", str(tmp_path / "d"),
-                                      "--height", "16", "--width", "8", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "prepare",
+            "market1501",
+            "--src",
+            str(archive),
+            "--root",
+            str(tmp_path / "d"),
+            "--height",
+            "16",
+            "--width",
+            "8",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert "12,936" in result.output and (tmp_path / "d" / "market1501" / "cache" / "gallery_16x8.npy").is_file()
+    assert (
+        "12,936" in result.output and (tmp_path / "d" / "market1501" / "cache" / "gallery_16x8.npy").is_file()
+    )
     missing = CliRunner().invoke(
         app, ["prepare", "market1501", "--src", str(tmp_path / "nope.zip"), "--root", str(tmp_path / "x")]
     )
@@ -178,7 +218,9 @@ def test_open_split_cache_and_decode_modes(tmp_path: Path) -> None:
     assert not direct.cached and not (tmp_path / "market1501" / "cache").exists()
     cached = open_split(ds, "train", height=16, width=8, device="cpu", progress=False)  # builds the cache
     assert cached.cached and (tmp_path / "market1501" / "cache" / "train_16x8.npy").is_file()
-    expected = torch.stack([torch.from_numpy(store.load_image(ds.train[i].path, 16, 8)) for i in idx.tolist()])
+    expected = torch.stack(
+        [torch.from_numpy(store.load_image(ds.train[i].path, 16, 8)) for i in idx.tolist()]
+    )
     assert torch.equal(cached.gather(idx), expected) and torch.equal(direct.gather(idx), expected)
     assert cached.gather(idx).dtype == torch.uint8 and len(cached) == 5
     assert cached.pids.tolist() == [0, 0, 1, 1, 2] and cached.camids.tolist() == [0, 2, 1, 5, 4]
@@ -190,4 +232,21 @@ def test_prepare_viper_from_shared_folder(tmp_path: Path, viper_dir: Path) -> No
     ds = build_dataset("viper", tmp_path)
     assert len({s.pid for s in ds.train}) == 316 and {s.pid for s in ds.query} == {s.pid for s in ds.gallery}
     store_q = open_split(ds, "query", height=32, width=16, device="cpu")
-    assert torch.equal(store_q.gather(torch.tensor([0]))[0], torch.from_numpy(store.load_image(ds.query[0].path, 32, 16)))
+    assert torch.equal(
+        store_q.gather(torch.tensor([0]))[0], torch.from_numpy(store.load_image(ds.query[0].path, 32, 16))
+    )
+
+
+def test_prepare_folder_links_tree_and_records_camera_pattern(tmp_path: Path) -> None:
+    src = tmp_path / "my_crops"
+    for name in ("cam1_a.jpg", "cam2_b.jpg", "cam2_c.jpg"):
+        write_image(src / "day1" / name, seed=len(name))
+    report = prepare_dataset(
+        "folder", src, tmp_path / "data", options={"cam_pattern": r"cam(\d)_"}, progress=False, **HW
+    )
+    assert report.counts == {"train": 3, "query": 0, "gallery": 0} and report.warnings == []
+    ds = build_dataset("folder", tmp_path / "data")  # the pattern comes back from the manifest
+    assert [s.camid for s in ds.train] == [0, 1, 1] and [s.pid for s in ds.train] == [0, 1, 2]
+    assert (tmp_path / "data" / "folder" / "images").resolve() == (
+        src / "day1"
+    ).resolve()  # wrapper folder skipped

@@ -80,7 +80,9 @@ def check_block(block: list[int], labels: list[int], cams: list[int], k: int) ->
 def test_every_block_follows_the_rules() -> None:
     labels, cams = toy()
     k = 4
-    sampler = PKSampler(labels, cams, num_instances=k, batch_size=4, generator=torch.Generator().manual_seed(1))
+    sampler = PKSampler(
+        labels, cams, num_instances=k, batch_size=4, generator=torch.Generator().manual_seed(1)
+    )
     lab, cam = labels.tolist(), cams.tolist()
     for _ in range(50):
         stream = sampler.sample_pass().tolist()
@@ -96,10 +98,15 @@ def test_distribution_matches_the_reference() -> None:
     labels, cams = toy()
     lab, cam, k, passes = labels.tolist(), cams.tolist(), 4, 3000
     ours, ref = Counter(), Counter()
-    sampler = PKSampler(labels, cams, num_instances=k, batch_size=4, generator=torch.Generator().manual_seed(2))
+    sampler = PKSampler(
+        labels, cams, num_instances=k, batch_size=4, generator=torch.Generator().manual_seed(2)
+    )
     rnd = random.Random(2)
     for _ in range(passes):
-        for counter, stream in ((ours, sampler.sample_pass().tolist()), (ref, reference_pass(lab, cam, k, rnd))):
+        for counter, stream in (
+            (ours, sampler.sample_pass().tolist()),
+            (ref, reference_pass(lab, cam, k, rnd)),
+        ):
             for block in blocks_of(stream, lab):
                 counter.update((block[0], j) for j in block[1:])
                 counter[("anchor", block[0])] += 1
@@ -112,7 +119,9 @@ def test_distribution_matches_the_reference() -> None:
 
 def test_cluster_order_is_a_uniform_permutation() -> None:
     labels, cams = toy()
-    sampler = PKSampler(labels, cams, num_instances=4, batch_size=4, generator=torch.Generator().manual_seed(3))
+    sampler = PKSampler(
+        labels, cams, num_instances=4, batch_size=4, generator=torch.Generator().manual_seed(3)
+    )
     lab = labels.tolist()
     firsts = Counter(lab[sampler.sample_pass()[0].item()] for _ in range(2500))
     assert set(firsts) == {0, 1, 2, 3, 5} and all(400 <= c <= 600 for c in firsts.values())
@@ -137,7 +146,9 @@ def test_num_instances_16_batch_of_16_clusters() -> None:
     labels = torch.randint(0, 40, (2000,), generator=g)
     labels[torch.rand(2000, generator=g) < 0.1] = -1
     cams = torch.randint(0, 6, (2000,), generator=g)
-    sampler = PKSampler(labels, cams, num_instances=16, batch_size=256, generator=torch.Generator().manual_seed(0))
+    sampler = PKSampler(
+        labels, cams, num_instances=16, batch_size=256, generator=torch.Generator().manual_seed(0)
+    )
     for _ in range(5):
         batch = next(sampler)
         assert batch.shape == (256,) and (labels[batch] >= 0).all()
@@ -149,8 +160,16 @@ def test_num_instances_16_batch_of_16_clusters() -> None:
 
 def test_too_few_clusters_is_a_clear_error() -> None:
     labels = torch.tensor([0, 0, 1, 1, -1])
-    with pytest.raises(ValueError, match=r"yields 8 images \(2 clusters\) but a batch needs 16: lower data.batch_size"):
-        PKSampler(labels, torch.zeros(5, dtype=torch.long), num_instances=4, batch_size=16, generator=torch.Generator())
+    with pytest.raises(
+        ValueError, match=r"yields 8 images \(2 clusters\) but a batch needs 16: lower data.batch_size"
+    ):
+        PKSampler(
+            labels,
+            torch.zeros(5, dtype=torch.long),
+            num_instances=4,
+            batch_size=16,
+            generator=torch.Generator(),
+        )
 
 
 def test_rank_slice_is_contiguous() -> None:

@@ -16,6 +16,15 @@ D = 32
 ATOL = 2e-6
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP contention on a shared 2-core machine (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _unit(*shape: int, gen: torch.Generator) -> torch.Tensor:
     return F.normalize(torch.randn(*shape, generator=gen), dim=-1)
 

@@ -194,6 +194,18 @@ def test_model_channels_last_matches(small: nn.Module) -> None:
     torch.testing.assert_close(cl_model(x.to(memory_format=torch.channels_last)), ref, rtol=1e-4, atol=1e-5)
 
 
+def test_autocast_bf16_forward_train_and_eval() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18", "gem", "none", bn_group=4)
+    x = _images(8)
+    for mode in (True, False):
+        ref = copy.deepcopy(model).train(mode)(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = copy.deepcopy(model).train(mode)(x)
+        assert torch.isfinite(low).all()
+        assert F.cosine_similarity(low.float(), ref).min() > 0.98
+
+
 def test_build_model_with_bn_group_and_bad_values() -> None:
     model = build_model("resnet18", "avg", "none", bn_group=64)
     assert isinstance(model.base[1], GhostBatchNorm2d) and model.base[1].group == 64

@@ -62,10 +62,17 @@ def rerank_distance(
 
     def original(r: Tensor, c: Tensor) -> Tensor:
         d = xx[r] + xx[c] - 2.0 * inner_products(x, r, c)
-        return (d * d if square_input else d) / colmax[r]
+        return d * d if square_input else d
 
-    value = pair_lookup(rank, torch.cat(top_v) / colmax[:, None], original)
-    v = encode(rank, value, l_full=min(k1 + 1, m), l_half=min(half_size(k1) + 1, m), k2=k2, softmax=False)
+    lookup = pair_lookup(rank, torch.cat(top_v), original)  # symmetric values; row-normalised below
+    v = encode(
+        rank,
+        lambda r, c: lookup(r, c) / colmax[r],
+        l_full=min(k1 + 1, m),
+        l_half=min(half_size(k1) + 1, m),
+        k2=k2,
+        softmax=False,
+    )
     mq = overlap_dense(v, 0, nq, c0=nq)
     jaccard = 1.0 - mq / (2.0 - mq)
     out.div_(colmax[:nq, None]).mul_(lambda_value)

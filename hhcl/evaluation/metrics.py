@@ -100,10 +100,9 @@ def _chunk_stats(
     """Per query of a [C, G] chunk: (AP float64, first valid-match position long, has-a-positive bool)."""
     c, g = dist.shape
     dev = dist.device
-    lo, hi = torch.aminmax(dist, dim=1) if g else (dist.new_zeros(c), dist.new_zeros(c))
-    if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
-        bad = int((~(torch.isfinite(lo) & torch.isfinite(hi))).nonzero()[0])
-        raise ValueError(f"distmat has NaN or infinite values (query row {bad} of this chunk); distances must be finite")
+    lo = dist.min() if dist.numel() else dist.new_zeros(())  # one bin origin for the chunk
+    if not bool(torch.isfinite(lo)):
+        raise ValueError("distmat has NaN or -inf values; distances must be real numbers")
     same, has = gal.same_pid(q_pids)  # [C, P]
     sd = dist.gather(1, same)
     junk = has & (gal.camids[same] == q_cams[:, None])  # same pid, same camera: not in the ranking at all
@@ -116,21 +115,22 @@ def _chunk_stats(
 
     # thresholds: each query's positive distances, ascending (ties keep ascending gallery index)
     t, o = torch.sort(torch.where(pos, sd, torch.inf), dim=1, stable=True)
-    t, t_idx = t[:, :k], same.gather(1, o[:, :k])
+    t, t_idx = t[:, :k].contiguous(), same.gather(1, o[:, :k])
     tvalid = torch.arange(k, device=dev)[None, :] < n_pos[:, None]
-    t0, g_star = t[:, 0], t_idx[:, 0]  # the first positive in (distance, index) order
+    t0, g_star = t[:, :1], t_idx[:, 0]  # the first positive in (distance, index) order
+    tj = torch.sort(torch.where(junk, sd, torch.inf), dim=1).values
 
-    # monotone bins over [row min, farthest positive]; count(d <= t) = #(bin < bin(t)) + exact fix in bin(t)
-    t_hi = torch.where(valid, t.gather(1, (n_pos - 1).clamp(min=0)[:, None]).squeeze(1), lo)
-    scale = torch.full_like(lo, float(nbins - 1)) / (t_hi - lo)  # items beyond the last positive: bin nbins
-    scale = torch.where(torch.isfinite(scale) & (t_hi > lo), scale, 0.0)[:, None]
-    lo = lo[:, None]
+    # monotone bins over [chunk min, farthest positive]; count(d <= t) = #(bin < bin(t)) + exact fix in bin(t)
+    t_hi = t.gather(1, (n_pos - 1).clamp(min=0)[:, None])
+    span = torch.where(valid[:, None], t_hi - lo, 0)
+    scale = torch.full_like(span, float(nbins - 1)) / span  # items beyond the last positive: bin nbins
+    scale = torch.where(torch.isfinite(scale) & (span > 0), scale, 0.0)
     b = (dist - lo).mul_(scale).clamp_(max=nbins).long()  # [C, G]
     tb = (torch.where(tvalid, t, lo) - lo).mul_(scale).clamp_(max=nbins).long()
     tb = torch.where(tvalid, tb, nbins + 1)  # a spare column that no item's bin reaches
     hist = torch.zeros(c, nbins + 2, dtype=torch.int32, device=dev)
     hist.scatter_add_(1, b, torch.ones((), dtype=torch.int32, device=dev).expand(c, g))
-    below = (torch.cumsum(hist, 1) - hist).gather(1, tb)  # #items whose bin is strictly below bin(t)
+    below = (torch.cumsum(hist, 1, dtype=torch.int32) - hist).gather(1, tb).long()  # items in lower bins
     lut = torch.zeros(c, nbins + 2, dtype=torch.bool, device=dev).scatter_(1, tb, True)
     rows, cols = lut.gather(1, b).nonzero(as_tuple=True)  # the items sharing a bin with a threshold
     le = torch.zeros(c, k, dtype=torch.long, device=dev)
@@ -138,30 +138,28 @@ def _chunk_stats(
     step = max(1, _FIX_ELEMS // k)
     for s in range(0, len(rows), step):
         r, cc = rows[s : s + step], cols[s : s + step]
-        dv, bv = dist[r, cc], b[r, cc]
-        in_bin = bv[:, None] == tb[r]
-        le.index_add_(0, r, (in_bin & (dv[:, None] <= t[r])).long())
-        lt0.index_add_(0, r, (in_bin[:, 0] & (dv < t0[r])).long())
+        dv, bv = dist[r, cc][:, None], b[r, cc][:, None]
+        in_bin = bv == tb[r]
+        le.index_add_(0, r, (in_bin & (dv <= t[r])).long())
+        lt0.index_add_(0, r, (in_bin[:, :1] & (dv < t0[r])).long().squeeze(1))
     le += below
     lt0 += below[:, 0]
 
-    # the query's own same-pid items: positives and junk below each threshold
-    sdj = torch.where(has, sd, torch.inf)[:, :, None]
-    under = sdj <= t[:, None, :]  # [C, P, k]
-    n_junk_le = (under & junk[:, :, None]).sum(1)
-    n_pos_le = (under & pos[:, :, None]).sum(1)
+    # the query's own same-pid items below each threshold: positives and junk (sorted rows, searchsorted)
+    n_pos_le = torch.searchsorted(t, t, right=True)
+    n_junk_le = torch.searchsorted(tj, t, right=True)
     ratio = n_pos_le.double() / (le - n_junk_le).clamp(min=1).double()
     ap = torch.where(tvalid, ratio, 0.0).sum(1) / n_pos.clamp(min=1).double()
 
     # CMC: valid items before the first positive in (distance, gallery index) order
-    eq0 = has & (sd == t0[:, None])
-    before0 = eq0 & (same < g_star[:, None])  # same-pid ties ahead of it (junk only: g_star is the first positive)
-    first = lt0 - (junk & (sd < t0[:, None])).sum(1)
+    eq0 = has & (sd == t0)
+    first = lt0 - torch.searchsorted(tj, t0).squeeze(1)
     tied = valid & ((le[:, 0] - lt0) > eq0.sum(1))  # other-pid items tie with the first positive
     if bool(tied.any()):
         tr = tied.nonzero().squeeze(1)
-        ahead = (dist[tr] == t0[tr, None]) & (torch.arange(g, device=dev)[None, :] < g_star[tr, None])
-        first[tr] += ahead.sum(1) - before0[tr].sum(1)
+        ahead = (dist[tr] == t0[tr]) & (torch.arange(g, device=dev)[None, :] < g_star[tr, None])
+        # same-pid ties ahead of it are junk (g_star is the first positive): not valid
+        first[tr] += ahead.sum(1) - (eq0[tr] & (same[tr] < g_star[tr, None])).sum(1)
     first = torch.where(valid, first, -1)
     return ap, first, valid
 

@@ -12,11 +12,15 @@ from hhcl_tui.common import console, data_root, err_console, fail
 
 
 def prepare(
-    dataset: Annotated[str, typer.Argument(help="market1501, dukemtmcreid, msmt17, viper, folder or synthetic")],
+    dataset: Annotated[
+        str, typer.Argument(help="market1501, dukemtmcreid, msmt17, viper, folder or synthetic")
+    ],
     src: Annotated[Path | None, typer.Option(help="the dataset's archive (.zip/.tar[.gz]) or folder")] = None,
-    root: Annotated[Path | None, typer.Option(help="data root [default: $HHCL_DATA or ./data]")] = None,
-    height: Annotated[int | None, typer.Option(help="cache image height [default: 256; synthetic 128]")] = None,
-    width: Annotated[int | None, typer.Option(help="cache image width [default: 128; synthetic 64]")] = None,
+    root: Annotated[Path | None, typer.Option(help="data root (default: $HHCL_DATA or ./data)")] = None,
+    height: Annotated[
+        int | None, typer.Option(help="cache image height (default: 256; synthetic: 128)")
+    ] = None,
+    width: Annotated[int | None, typer.Option(help="cache image width (default: 128; synthetic: 64)")] = None,
     skip_corrupt: Annotated[bool, typer.Option(help="leave corrupt images out instead of failing")] = False,
     copy: Annotated[bool, typer.Option(help="copy a --src folder instead of linking it")] = False,
     cam_pattern: Annotated[
@@ -36,7 +40,13 @@ def prepare(
     try:
         if dataset == "synthetic":
             report = prepare_synthetic(
-                root, ids=ids, cams=cams, seed=seed, height=height or 128, width=width or 64, progress=progress
+                root,
+                ids=ids,
+                cams=cams,
+                seed=seed,
+                height=height or 128,
+                width=width or 64,
+                progress=progress,
             )
         else:
             options = {"cam_pattern": cam_pattern} if cam_pattern else {}
@@ -55,7 +65,10 @@ def prepare(
             )
     except CorruptImageError as err:  # decoding failed: exit 1
         raise fail(str(err), 1) from None
-    except (FileNotFoundError, ValueError) as err:  # missing/incomplete layout, unsafe archive, bad names: exit 2
+    except (
+        FileNotFoundError,
+        ValueError,
+    ) as err:  # missing/incomplete layout, unsafe archive, bad names: exit 2
         raise fail(str(err), 2) from None
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -65,4 +78,6 @@ def prepare(
     for split, n in report.counts.items():
         table.add_row(split, f"{n:,}", f"{report.published[split]:,}" if report.published else "-")
     console.print(table)
-    console.print(f"cache: {', '.join(str(p) for p in report.caches)}  ({report.seconds:.1f} s)", highlight=False)
+    console.print(
+        f"cache: {', '.join(str(p) for p in report.caches)}  ({report.seconds:.1f} s)", highlight=False
+    )
