@@ -33,12 +33,21 @@ else:  # pragma: no cover - Python 3.10
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".tar")
 CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
 # torchvision / IBN-Net backbone names -> positions in the reference's ``base`` Sequential.
-_BACKBONE_TO_BASE = {"conv1": "base.0", "bn1": "base.1", "layer1": "base.4", "layer2": "base.5",
-                     "layer3": "base.6", "layer4": "base.7"}
+_BACKBONE_TO_BASE = {
+    "conv1": "base.0",
+    "bn1": "base.1",
+    "layer1": "base.4",
+    "layer2": "base.5",
+    "layer3": "base.6",
+    "layer4": "base.7",
+}
 # The authors' checkpoints store best_mAP as a numpy float64 (pickled by numpy 1.x or 2.x).
-_NUMPY_SAFE = [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-               (np._core.multiarray.scalar, "numpy._core.multiarray.scalar"), np.dtype,
-               *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool"))]
+_NUMPY_SAFE = [
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    (np._core.multiarray.scalar, "numpy._core.multiarray.scalar"),
+    np.dtype,
+    *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")),
+]
 
 
 class CheckpointError(ValueError):
@@ -131,12 +140,16 @@ def _torch_load(path: Path) -> Any:
         with torch.serialization.safe_globals(_NUMPY_SAFE):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        lines = [ln.strip() for ln in str(err).split("WeightsUnpickler error:")[-1].splitlines() if ln.strip()]
+        lines = [
+            ln.strip() for ln in str(err).split("WeightsUnpickler error:")[-1].splitlines() if ln.strip()
+        ]
         unsafe = [ln for ln in lines if "GLOBAL" in ln or "global" in ln or "allowlisted" in ln]
         text = (unsafe or lines or [type(err).__name__])[0]
         if unsafe:
-            hint = ("it holds Python objects beyond tensors and plain data, which are not unpickled for safety; "
-                    "re-save just its state_dict, or convert it with a trusted torch.load")
+            hint = (
+                "it holds Python objects beyond tensors and plain data, which are not unpickled for safety; "
+                "re-save just its state_dict, or convert it with a trusted torch.load"
+            )
         else:
             hint = "it is truncated, corrupt, or not a PyTorch file; download or copy it again"
         raise CheckpointError(f"cannot read checkpoint '{path}': {hint} ({text})") from None
@@ -167,8 +180,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     else:
         raw = _torch_load(path)
         if isinstance(raw, Mapping) and "state_dict" in raw:
-            metadata = {k: v.item() if isinstance(v, np.generic) else v for k, v in raw.items()
-                        if k != "state_dict" and isinstance(v, int | float | str | np.generic)}
+            metadata = {
+                k: v.item() if isinstance(v, np.generic) else v
+                for k, v in raw.items()
+                if k != "state_dict" and isinstance(v, int | float | str | np.generic)
+            }
             raw = raw["state_dict"]
     if not isinstance(raw, Mapping) or not raw:
         raise CheckpointError(f"checkpoint '{path}' holds no state dict (found {type(raw).__name__})")
@@ -242,7 +258,12 @@ def _infer_architecture(state: Mapping[str, torch.Tensor], path: Path) -> tuple[
     if any(".bn1.IN." in k for k in state):
         arch = "resnet50_ibn_a"
     else:
-        by_shape = {(True, 6): "resnet50", (True, 23): "resnet101", (False, 2): "resnet18", (False, 6): "resnet34"}
+        by_shape = {
+            (True, 6): "resnet50",
+            (True, 23): "resnet101",
+            (False, 2): "resnet18",
+            (False, 6): "resnet34",
+        }
         if (bottleneck, blocks) not in by_shape:
             raise CheckpointError(f"checkpoint '{path}': unknown backbone ({blocks} blocks in layer3)")
         arch = by_shape[(bottleneck, blocks)]
@@ -288,7 +309,9 @@ def _config_from(metadata: Mapping[str, Any], checkpoint: Path) -> Config | None
         raise CheckpointError(f"checkpoint '{checkpoint}': its config cannot be read: {err}") from None
 
 
-def load_model(run_or_checkpoint: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> tuple[ReIDNet, ModelInfo]:
+def load_model(
+    run_or_checkpoint: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> tuple[ReIDNet, ModelInfo]:
     """Build the model a run directory or checkpoint describes, load its weights strictly, eval mode on ``device``.
 
     Our checkpoints carry their config in the safetensors header (else ``<run>/config.toml`` is used); for the
@@ -309,6 +332,14 @@ def load_model(run_or_checkpoint: str | os.PathLike[str], *, device: str | torch
     model = build_model(arch, pooling, "none", num_features=num_features, dropout=dropout)
     _apply_state(model, state, metadata, str(checkpoint), strict=True)
     model.eval().to(device)
-    info = ModelInfo(arch=arch, pooling=pooling, height=height, width=width, num_features=num_features,
-                     source=str(checkpoint), config=config, metadata={k: str(v) for k, v in metadata.items()})
+    info = ModelInfo(
+        arch=arch,
+        pooling=pooling,
+        height=height,
+        width=width,
+        num_features=num_features,
+        source=str(checkpoint),
+        config=config,
+        metadata={k: str(v) for k, v in metadata.items()},
+    )
     return model, info

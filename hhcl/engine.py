@@ -69,15 +69,12 @@ class Hook:
         pass
 
 
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when present (the local rank's GPU under torchrun), else the CPU."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device = 'cuda' but no CUDA device is visible: use train.device=cpu or auto.")
-        spec = f"cuda:{local_rank}"
-    return torch.device(spec)
+def resolve_device(spec: str) -> torch.device:
+    """The device ``train.device`` names (``auto``: the local rank's GPU when there is one, else the CPU)."""
+    try:
+        return dist.init_distributed(spec).device
+    except ValueError as err:
+        raise ConfigError(f"train.device = {spec!r}: {err}") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -167,9 +164,9 @@ class Trainer:
         self.preset = preset
         self.resume = resume
         self.hooks = list(hooks)
-        self.info = dist.init_distributed()
+        self.device = resolve_device(self.cfg.train.device)
+        self.info = dist.init_distributed(self.device)
         self.main = self.info.rank == 0
-        self.device = resolve_device(self.cfg.train.device, self.info.local_rank)
         self.stop_requested = False
         self.events = EventWriter(self.run_dir / "events.jsonl", enabled=self.main)
         self._last_good: Path | None = None
@@ -207,7 +204,9 @@ class Trainer:
         self.net: nn.Module = self.model
         if self.info.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=True)
+            # rank 0's BN buffers are copied to every rank before each forward: running statistics come from
+            # the first 1/world of the global batch, like DataParallel's replica 0 (reference 5.2-5.3)
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, forward_sync_buffers=True)
         if cfg.train.compile:
             self.net = torch.compile(self.net)
         self.augment = TrainAugment(cfg.data.height, cfg.data.width)
@@ -281,8 +280,15 @@ class Trainer:
         self._resume_state = state
 
     # ------------------------------------------------------------------ stages
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's BN running statistics (DDP only refreshes them at the next forward)."""
+        if self.info.world_size > 1:
+            for buf in self.model.buffers():
+                dist.broadcast(buf, src=0)
+
     def extract_train_features(self) -> torch.Tensor:
         """Eval-mode, test-transform features of the whole train set in store order (sharded under DDP)."""
+        self._sync_buffers()
         n, world, rank = len(self.train_store), self.info.world_size, self.info.rank
         per = math.ceil(n / world)
         shard = _Shard(self.train_store, min(rank * per, n), min((rank + 1) * per, n))
@@ -378,7 +384,7 @@ class Trainer:
             batch = next(state.sampler)
             local = rank_slice(batch, rank, world)
             images = self.train_store.gather(local.to(self.train_store.device))
-            x = self.augment(images.to(self.device, non_blocking=True), state.aug_gen)
+            x = self.augment(images.to(self.device, non_blocking=True), state.aug_gen, part=(rank, world))
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             labels = state.labels[local.to(self.device)]
@@ -401,13 +407,15 @@ class Trainer:
             last = it == cfg.train.iters - 1
             if (it + 1) % LOG_EVERY == 0 or last or it == start_iter:
                 elapsed = time.perf_counter() - window.t0
-                parts = {k: round(float(v), 5) for k, v in state.memory.last_parts.items()}
+                names = list(state.memory.last_parts)
+                local = torch.tensor([loss.item(), *state.memory.last_parts.values()], device=self.device)
+                values = dist.all_gather_cat(local.view(1, -1)).mean(0).tolist()  # global-batch means
                 self.emit(
                     "step",
                     epoch=epoch,
                     iter=it,
-                    loss=round(float(loss.item()), 5),
-                    **parts,
+                    loss=round(values[0], 5),
+                    **{k: round(v, 5) for k, v in zip(names, values[1:], strict=True)},
                     lr=lr,
                     images_per_s=round(window.images / max(elapsed, 1e-9), 1),
                     data_wait=round(window.data_wait / max(window.iters, 1), 5),
@@ -505,6 +513,7 @@ class Trainer:
                     del features
                     start = 0
                 it = self.train_epoch(epoch, state, start)
+                self._sync_buffers()
                 if it < cfg.train.iters:  # stop requested mid-epoch
                     self.save_checkpoint(epoch, it, state, is_best=False)
                     status = "interrupted"

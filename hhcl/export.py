@@ -106,8 +106,14 @@ def _write_onnx(embedder: Embedder, dummy: torch.Tensor, path: Path, meta: dict[
     with warnings.catch_warnings():  # the TorchScript-based exporter is chosen on purpose (stable, one file)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
-            embedder, (dummy,), buffer, dynamo=False, opset_version=ONNX_OPSET, input_names=["images"],
-            output_names=["embeddings"], dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+            embedder,
+            (dummy,),
+            buffer,
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["images"],
+            output_names=["embeddings"],
+            dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
         )
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in meta.items():
@@ -186,7 +192,9 @@ def export(
     except (CheckpointError, ExportError):
         raise
     except Exception as err:
-        raise ExportError(f"{format} export of '{info.source}' to '{path}' failed: {type(err).__name__}: {err}") from err
+        raise ExportError(
+            f"{format} export of '{info.source}' to '{path}' failed: {type(err).__name__}: {err}"
+        ) from err
     worst = _worst_cosine(got, expected)
     if not worst >= MIN_COSINE:
         raise ExportError(
@@ -225,7 +233,9 @@ def _to_batch(images: Any, height: int, width: int) -> torch.Tensor:
         raise ValueError(f"expected images shaped [3, H, W] or [B, 3, H, W] (RGB), got {list(images.shape)}")
     batch = batch.float().div(255) if batch.dtype == torch.uint8 else batch.float()
     if tuple(batch.shape[2:]) != (height, width):  # tensors: torch bicubic with antialias (close to PIL's)
-        batch = F.interpolate(batch, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+        batch = F.interpolate(
+            batch, size=(height, width), mode="bicubic", antialias=True, align_corners=False
+        )
         batch = batch.clamp_(0, 1)
     return batch
 
@@ -237,8 +247,15 @@ class ImageEmbedder:
     in [0, 1]); other sizes are resized to the model's ``height`` x ``width``.
     """
 
-    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], height: int, width: int,
-                 device: torch.device, metadata: dict[str, str], batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        run: Callable[[torch.Tensor], torch.Tensor],
+        height: int,
+        width: int,
+        device: torch.device,
+        metadata: dict[str, str],
+        batch_size: int = 64,
+    ) -> None:
         self._run, self.height, self.width = run, height, width
         self.device, self.metadata, self.batch_size = device, metadata, batch_size
 
@@ -277,7 +294,9 @@ def load_embedder(path: str | os.PathLike[str], *, device: str | torch.device = 
         def run_onnx(x: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(session.run(None, {name: x.cpu().numpy()})[0])
 
-        return ImageEmbedder(run_onnx, int(meta["input_height"]), int(meta["input_width"]), torch.device("cpu"), meta)
+        return ImageEmbedder(
+            run_onnx, int(meta["input_height"]), int(meta["input_width"]), torch.device("cpu"), meta
+        )
     meta = _torchscript_meta(path) if path.is_file() and not path.name.endswith(".safetensors") else None
     if meta is not None:
         with _quiet_jit():
@@ -301,8 +320,10 @@ def list_images(images_dir: str | os.PathLike[str]) -> list[Path]:
     root = Path(images_dir)
     if not root.is_dir():
         raise EmbedError(f"images folder '{root}' does not exist or is not a folder")
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
+    files = sorted(
+        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
     if not files:
         raise EmbedError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under '{root}'")
     return files

@@ -141,7 +141,7 @@ def _hardest(f: Tensor, proto: Tensor, seg: _Segments) -> Tensor:
     smin = torch.full((seg.uniq.numel(),), float("inf"), dtype=sim.dtype, device=f.device)
     smin.scatter_reduce_(0, seg.gid, sim, reduce="amin")
     ar = torch.arange(n, device=f.device)
-    cand = torch.where(sim == smin[seg.gid], ar, n)
+    cand = torch.where((sim == smin[seg.gid]) | sim.isnan(), ar, n)  # NaN wins, as in np.argmin
     first = torch.full((seg.uniq.numel(),), n, dtype=torch.long, device=f.device)
     return first.scatter_reduce_(0, seg.gid, cand, reduce="amin")
 

@@ -46,8 +46,10 @@ def _authors_file(model: nn.Module, path: Path) -> Path:
 X = torch.randn(3, 3, 64, 32, generator=torch.Generator().manual_seed(7))
 
 
-@pytest.mark.parametrize(("key", "arch", "pooling"), [("resnet50/avg", "resnet50", "avg"),
-                                                       ("resnet_ibn50a/gem", "resnet50_ibn_a", "gem")])
+@pytest.mark.parametrize(
+    ("key", "arch", "pooling"),
+    [("resnet50/avg", "resnet50", "avg"), ("resnet_ibn50a/gem", "resnet50_ibn_a", "gem")],
+)
 def test_authors_keys_all_map_with_matching_shapes(key: str, arch: str, pooling: str) -> None:
     if not KEYS_JSON.is_file():
         pytest.skip(f"{KEYS_JSON} not found")
@@ -69,7 +71,13 @@ def test_authors_pth_tar_reproduces_embeddings(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(X), source(X), rtol=0, atol=0)
     model, info = load_model(path)
-    assert (info.arch, info.pooling, info.num_features, info.height, info.width) == ("resnet18", "gem", 32, 256, 128)
+    assert (info.arch, info.pooling, info.num_features, info.height, info.width) == (
+        "resnet18",
+        "gem",
+        32,
+        256,
+        128,
+    )
     assert info.config is None and not model.training
     with torch.no_grad():
         torch.testing.assert_close(model(X), source(X), rtol=0, atol=0)
@@ -102,8 +110,11 @@ def _run_dir(tmp_path: Path, model: nn.Module, name: str = "best.safetensors") -
     cfg.model.arch, cfg.model.pooling, cfg.model.num_features = "resnet18", "gem", 0
     cfg.data.height, cfg.data.width = 64, 32
     run = tmp_path / "run"
-    save_weights(model, run / "checkpoints" / name, {"config": cfg.to_toml(), "epoch": "12", "mAP": "0.5",
-                                                     "format": "hhcl"})
+    save_weights(
+        model,
+        run / "checkpoints" / name,
+        {"config": cfg.to_toml(), "epoch": "12", "mAP": "0.5", "format": "hhcl"},
+    )
     return run
 
 
@@ -116,6 +127,19 @@ def test_our_run_dir_round_trip(tmp_path: Path, name: str) -> None:
     assert (info.arch, info.pooling, info.height, info.width) == ("resnet18", "gem", 64, 32)
     assert info.config is not None and info.config.data.height == 64
     assert info.metadata["epoch"] == "12" and info.source.endswith(name)
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), source(X), rtol=0, atol=0)
+
+
+def test_run_config_toml_used_when_header_has_none(tmp_path: Path) -> None:
+    source = _trained("resnet18", "gem")
+    run = _run_dir(tmp_path, source, "last.safetensors")
+    save_weights(source, run / "checkpoints" / "last.safetensors", {"epoch": "1"})  # no config in the header
+    cfg = Config()
+    cfg.model.arch, cfg.model.pooling, cfg.data.height, cfg.data.width = "resnet18", "gem", 96, 48
+    (run / "config.toml").write_text(cfg.to_toml())
+    model, info = load_model(run)
+    assert (info.arch, info.pooling, info.height, info.width) == ("resnet18", "gem", 96, 48)
     with torch.no_grad():
         torch.testing.assert_close(model(X), source(X), rtol=0, atol=0)
 

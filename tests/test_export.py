@@ -34,8 +34,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg.model.arch, cfg.model.pooling = "resnet18", "gem"
     cfg.data.height, cfg.data.width = H, W
     run = tmp_path_factory.mktemp("export") / "run"
-    save_weights(model.eval(), run / "checkpoints" / "best.safetensors",
-                 {"config": cfg.to_toml(), "epoch": "3", "mAP": "0.1", "format": "hhcl"})
+    save_weights(
+        model.eval(),
+        run / "checkpoints" / "best.safetensors",
+        {"config": cfg.to_toml(), "epoch": "3", "mAP": "0.1", "format": "hhcl"},
+    )
     return run
 
 
@@ -155,8 +158,14 @@ def test_embed_folder_sorted_with_file_list(run_dir: Path, tmp_path: Path) -> No
         _pil(i, (40 + i, 100)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     calls: list[tuple[int, int]] = []
-    result = embed(run_dir, folder, tmp_path / "out.npy", batch_size=3, device="cpu",
-                   progress=lambda d, t: calls.append((d, t)))
+    result = embed(
+        run_dir,
+        folder,
+        tmp_path / "out.npy",
+        batch_size=3,
+        device="cpu",
+        progress=lambda d, t: calls.append((d, t)),
+    )
     order = ["a.jpg", "b/a.bmp", "b/z.png", "c.JPG"]
     assert (tmp_path / "out.txt").read_text().splitlines() == order
     array = np.load(tmp_path / "out.npy")
@@ -211,16 +220,22 @@ def test_cli_export_and_embed(run_dir: Path, tmp_path: Path) -> None:
     from hhcl_tui.cli import app
 
     runner = CliRunner()
-    done = runner.invoke(app, ["export", str(run_dir), "--format", "safetensors", "--out", str(tmp_path / "m.st.safetensors")])
+    done = runner.invoke(
+        app, ["export", str(run_dir), "--format", "safetensors", "--out", str(tmp_path / "m.st.safetensors")]
+    )
     assert done.exit_code == 0, done.output
     assert "worst cosine" in done.output
     (tmp_path / "imgs").mkdir()
     _pil(0, (48, 128)).save(tmp_path / "imgs" / "x.png")
-    done = runner.invoke(app, ["embed", str(run_dir), str(tmp_path / "imgs"), "--out", str(tmp_path / "e.npy")])
+    done = runner.invoke(
+        app, ["embed", str(run_dir), str(tmp_path / "imgs"), "--out", str(tmp_path / "e.npy")]
+    )
     assert done.exit_code == 0, done.output
     assert np.load(tmp_path / "e.npy").shape == (1, 512)
     (tmp_path / "junk.pth.tar").write_bytes(b"junk")
-    done = runner.invoke(app, ["export", str(tmp_path / "junk.pth.tar"), "--format", "onnx", "--out", "x.onnx"])
+    done = runner.invoke(
+        app, ["export", str(tmp_path / "junk.pth.tar"), "--format", "onnx", "--out", "x.onnx"]
+    )
     assert done.exit_code == 1 and "junk.pth.tar" in done.output
     done = runner.invoke(app, ["export", str(run_dir), "--format", "tflite", "--out", "x.tflite"])
     assert done.exit_code == 2

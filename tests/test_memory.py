@@ -235,3 +235,12 @@ def test_v2_without_instance_features_starts_slots_at_centroids():
     cent = torch.randn(3, D)
     mem = HybridMemory(cent, mode="CMhybrid_v2", num_instances=2)
     torch.testing.assert_close(mem.features, F.normalize(cent, dim=1).repeat(3, 1))
+
+
+def test_non_finite_features_do_not_break_the_update():
+    """A diverged step (NaN features) must not crash the update: np.argmin picks the first NaN."""
+    mem = HybridMemory(torch.randn(3, D), mode="CMhybrid")
+    f = torch.randn(4, D)
+    f[1] = float("nan")
+    mem.update(f, torch.tensor([0, 0, 0, 2]))
+    assert mem.features[0].isnan().all() and torch.isfinite(mem.features[[1, 2, 4, 5]]).all()

@@ -35,8 +35,10 @@ def _images(n: int = 4, h: int = 64, w: int = 32, seed: int = 1) -> torch.Tensor
     return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize(("key", "arch", "pooling"), [("resnet50/avg", "resnet50", "avg"),
-                                                       ("resnet_ibn50a/gem", "resnet50_ibn_a", "gem")])
+@pytest.mark.parametrize(
+    ("key", "arch", "pooling"),
+    [("resnet50/avg", "resnet50", "avg"), ("resnet_ibn50a/gem", "resnet50_ibn_a", "gem")],
+)
 def test_state_dict_matches_authors_keys(key: str, arch: str, pooling: str) -> None:
     if not KEYS_JSON.is_file():
         pytest.skip(f"{KEYS_JSON} not found")
@@ -48,8 +50,10 @@ def test_state_dict_matches_authors_keys(key: str, arch: str, pooling: str) -> N
     assert ours == expected
 
 
-@pytest.mark.parametrize(("arch", "fmap"), [("resnet50", (16, 8)), ("resnet50_ibn_a", (16, 8)),
-                                            ("resnet101", (16, 8)), ("resnet18", (8, 4))])
+@pytest.mark.parametrize(
+    ("arch", "fmap"),
+    [("resnet50", (16, 8)), ("resnet50_ibn_a", (16, 8)), ("resnet101", (16, 8)), ("resnet18", (8, 4))],
+)
 def test_last_stride_one_for_deep_nets(arch: str, fmap: tuple[int, int]) -> None:
     with torch.device("meta"):
         model = build_model(arch, "avg", "none")
@@ -121,8 +125,10 @@ def _per_chunk(bn: nn.Module, x: torch.Tensor, sizes: list[int]) -> tuple[torch.
     return torch.cat(outs), replica0
 
 
-@pytest.mark.parametrize(("shape", "sizes"), [((12, 5, 3, 2), [4, 4, 4]), ((10, 5, 3, 2), [4, 4, 2]),
-                                              ((12, 6), [3, 3, 3, 3]), ((8, 6), [3, 3, 2])])
+@pytest.mark.parametrize(
+    ("shape", "sizes"),
+    [((12, 5, 3, 2), [4, 4, 4]), ((10, 5, 3, 2), [4, 4, 2]), ((12, 6), [3, 3, 3, 3]), ((8, 6), [3, 3, 2])],
+)
 def test_ghost_bn_equals_bn_per_chunk(shape: tuple[int, ...], sizes: list[int]) -> None:
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(shape[1]) if len(shape) == 4 else nn.BatchNorm1d(shape[1])
@@ -230,8 +236,13 @@ def test_offline_imagenet_error_names_file_and_place(tmp_path: Path, monkeypatch
     with pytest.raises(WeightsNotFoundError) as err:
         build_model("resnet50", "avg", "imagenet")
     message = str(err.value)
-    for part in ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth", str(folder),
-                 "https://download.pytorch.org/models/resnet50-0676ba61.pth", "model.pretrained="):
+    for part in (
+        "resnet50-0676ba61.pth",
+        "resnet50-19c8e357.pth",
+        str(folder),
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        "model.pretrained=",
+    ):
         assert part in message
     with pytest.raises(WeightsNotFoundError, match=r"resnet50_ibn_a\.pth\.tar") as err:
         build_model("resnet50_ibn_a", "gem", "imagenet")
@@ -241,7 +252,9 @@ def test_offline_imagenet_error_names_file_and_place(tmp_path: Path, monkeypatch
 
 
 @pytest.mark.parametrize("filename", ["resnet18-f37072fd.pth", "resnet18-5c106cde.pth"])
-def test_imagenet_weights_from_torch_home(filename: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_imagenet_weights_from_torch_home(
+    filename: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     folder = tmp_path / "hub" / "checkpoints"
     folder.mkdir(parents=True)
@@ -269,3 +282,19 @@ def test_ibn_imagenet_file_in_ibn_net_format(tmp_path: Path) -> None:
 
     with pytest.raises(CheckpointError, match="do not fit this backbone"):
         build_model("resnet50", "avg", str(path))
+
+
+def test_ibn_splits_channels_instance_then_batch_norm() -> None:
+    from hhcl.models import IBN
+
+    torch.manual_seed(0)
+    ibn = IBN(6).train()
+    assert (ibn.half, ibn.IN.num_features, ibn.BN.num_features) == (3, 3, 3)
+    assert ibn.IN.track_running_stats is False and ibn.IN.affine
+    nn.init.uniform_(ibn.IN.weight, 0.5, 1.5)
+    x = torch.randn(4, 6, 5, 3) * 2 + 1
+    first = F.instance_norm(x[:, :3], weight=ibn.IN.weight, bias=ibn.IN.bias, eps=1e-5)
+    rest = F.batch_norm(x[:, 3:], None, None, ibn.BN.weight, ibn.BN.bias, True, 0.0, 1e-5)
+    torch.testing.assert_close(ibn(x), torch.cat([first, rest], dim=1))
+    ibn.eval()  # instance statistics stay per-instance in eval mode
+    torch.testing.assert_close(ibn(x)[:, :3], first)

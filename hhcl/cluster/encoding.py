@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+_BITMAP_BYTES = 32 * 2**20  # one dense [rows, n] bool block for set membership
 PairValue = Callable[[Tensor, Tensor], Tensor]  # (rows, cols) -> per-pair value (distance for the weights)
 
 
@@ -61,22 +62,31 @@ def expanded_sets(rank: Tensor, l_full: int, l_half: int) -> tuple[Tensor, Tenso
     """(row, col) pairs of the expanded sets E(i), sorted by (row, col), unique.
 
     E(i) = R(i, l_full) plus R(c, l_half) for every c in R(i, l_full) with |R(c, l_half) & R(i, l_full)| > 2/3
-    |R(c, l_half)| (always against the original R(i, l_full)).
+    |R(c, l_half)| (always against the original R(i, l_full)). Set membership uses a dense [rows, n] bitmap
+    per block of rows, which also yields each E(i) sorted and unique.
     """
     n = rank.shape[0]
     m_full, m_half = reciprocal_masks(rank, l_full, l_half)
-    ii, tt = m_full.nonzero(as_tuple=True)
-    cc = rank[ii, tt]
-    full_keys = (ii * n + cc).sort().values
-    half = rank[cc, :l_half]
-    half_ok = m_half[cc, :l_half]
-    _, inside = lookup(full_keys, ii[:, None] * n + half)
-    count = (inside & half_ok).sum(dim=1)
-    size = half_ok.sum(dim=1)
-    sel = 3 * count > 2 * size  # == count > 2/3 * size for every size < 60 (checked), without float rounding
-    extra = (ii[sel, None] * n + half[sel])[half_ok[sel]]
-    keys = torch.unique(torch.cat([full_keys, extra]))
-    return keys // n, keys % n
+    half_len = m_half.sum(dim=1)
+    step = max(1, _BITMAP_BYTES // n)
+    bitmap = torch.zeros(min(step, n) * n, dtype=torch.bool, device=rank.device)
+    keys = []
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        ii, tt = m_full[r0:r1].nonzero(as_tuple=True)
+        cc = rank[r0 + ii, tt]
+        base = ii * n
+        bitmap[base + cc] = True
+        half = rank[cc, :l_half]
+        ok = m_half[cc, :l_half]
+        count = (bitmap[base[:, None] + half] & ok).sum(dim=1)
+        sel = 3 * count > 2 * half_len[cc]  # == count > 2/3 * |R(c)| for every size < 60, no float rounding
+        bitmap[(base[sel, None] + half[sel])[ok[sel]]] = True
+        found = bitmap[: (r1 - r0) * n].nonzero().flatten()
+        bitmap[found] = False
+        keys.append(found + r0 * n)
+    flat = torch.cat(keys)
+    return flat // n, flat % n
 
 
 def weight_rows(rows: Tensor, cols: Tensor, value: Tensor, n: int, *, softmax: bool) -> Csr:
@@ -130,10 +140,12 @@ def pair_lookup(index: Tensor, values: Tensor, compute: PairValue) -> PairValue:
 
     def value(r: Tensor, c: Tensor) -> Tensor:
         pos, hit = lookup(keys, r * n + c)
-        pos_t, hit_t = lookup(keys, c * n + r)
-        out = torch.where(hit, flat[pos], flat[pos_t])
-        miss = ~(hit | hit_t)
-        if bool(miss.any()):
+        out = flat[pos]
+        miss = (~hit).nonzero().flatten()
+        if len(miss):
+            pos_t, hit_t = lookup(keys, c[miss] * n + r[miss])
+            out[miss] = flat[pos_t]
+            miss = miss[~hit_t]
             out[miss] = compute(r[miss], c[miss])
         return out
 

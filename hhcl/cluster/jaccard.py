@@ -9,7 +9,7 @@ from hhcl.cluster.encoding import Csr, encode, half_size, pair_lookup
 from hhcl.cluster.knn import Neighbours, check_features, neighbours
 from hhcl.cluster.overlap import overlap_dense, overlap_pairs
 
-_PAIRS = 16_384  # explicit inner products computed at once
+_PAIRS = 4096  # explicit inner products computed at once
 
 
 def check_params(k1: int, k2: int) -> None:
@@ -23,7 +23,8 @@ def inner_products(x: Tensor, r: Tensor, c: Tensor) -> Tensor:
     """fp32 inner products <x_r, x_c> for explicit pairs, in slices to bound memory."""
     out = torch.empty(len(r), device=x.device)
     for s in range(0, len(r), _PAIRS):
-        out[s : s + _PAIRS] = (x[r[s : s + _PAIRS]] * x[c[s : s + _PAIRS]]).sum(dim=1)
+        a, b = x.index_select(0, r[s : s + _PAIRS]), x.index_select(0, c[s : s + _PAIRS])
+        out[s : s + _PAIRS] = torch.bmm(a[:, None, :], b[:, :, None]).flatten()
     return out
 
 

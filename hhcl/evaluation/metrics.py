@@ -94,6 +94,12 @@ class _Gallery:
         return torch.where(mask, self.order[idx], 0), mask
 
 
+def _bins(x: Tensor, origin: Tensor | None, scale: Tensor, nbins: int) -> Tensor:
+    """Monotone bin index floor((x - origin) * scale) capped at nbins: items and thresholds use the same ops."""
+    y = x * scale if origin is None else (x - origin).mul_(scale)
+    return y.clamp_(max=nbins).long()
+
+
 def _chunk_stats(
     dist: Tensor, q_pids: Tensor, q_cams: Tensor, gal: _Gallery, nbins: int = NBINS
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -117,16 +123,17 @@ def _chunk_stats(
     t, o = torch.sort(torch.where(pos, sd, torch.inf), dim=1, stable=True)
     t, t_idx = t[:, :k].contiguous(), same.gather(1, o[:, :k])
     tvalid = torch.arange(k, device=dev)[None, :] < n_pos[:, None]
-    t0, g_star = t[:, :1], t_idx[:, 0]  # the first positive in (distance, index) order
+    t0, g_star = t[:, :1].contiguous(), t_idx[:, 0]  # the first positive in (distance, index) order
     tj = torch.sort(torch.where(junk, sd, torch.inf), dim=1).values
 
-    # monotone bins over [chunk min, farthest positive]; count(d <= t) = #(bin < bin(t)) + exact fix in bin(t)
+    # monotone bins over [min(0, chunk min), farthest positive]; count(d <= t) = #(bin < bin(t)) + exact fix in bin(t)
     t_hi = t.gather(1, (n_pos - 1).clamp(min=0)[:, None])
-    span = torch.where(valid[:, None], t_hi - lo, 0)
+    span = torch.where(valid[:, None], t_hi - lo.clamp(max=0), 0)
     scale = torch.full_like(span, float(nbins - 1)) / span  # items beyond the last positive: bin nbins
     scale = torch.where(torch.isfinite(scale) & (span > 0), scale, 0.0)
-    b = (dist - lo).mul_(scale).clamp_(max=nbins).long()  # [C, G]
-    tb = (torch.where(tvalid, t, lo) - lo).mul_(scale).clamp_(max=nbins).long()
+    origin = None if bool(lo >= 0) else lo  # distances >= 0 (the usual case) need no shift: one pass less
+    b = _bins(dist, origin, scale, nbins)  # [C, G]
+    tb = _bins(torch.where(tvalid, t, lo), origin, scale, nbins)
     tb = torch.where(tvalid, tb, nbins + 1)  # a spare column that no item's bin reaches
     hist = torch.zeros(c, nbins + 2, dtype=torch.int32, device=dev)
     hist.scatter_add_(1, b, torch.ones((), dtype=torch.int32, device=dev).expand(c, g))

@@ -25,8 +25,8 @@ class _GhostMixin:
     def _ghost_forward(self, x: torch.Tensor) -> torch.Tensor:
         bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
         batch = x.shape[0]
-        n_full = batch // self.group
-        if not bn.training or self.group <= 0 or n_full == 0 or (n_full == 1 and batch == self.group):
+        n_full = batch // self.group if self.group > 0 else 0
+        if not bn.training or n_full == 0 or (n_full == 1 and batch == self.group):
             return nn.modules.batchnorm._BatchNorm.forward(bn, x)
         head = x if n_full * self.group == batch else x[: n_full * self.group]
         out = self._grouped(head, n_full)
@@ -57,7 +57,9 @@ class _GhostMixin:
     def _update_running(self, mean0: torch.Tensor, var0: torch.Tensor, count: int) -> None:
         """Exactly BatchNorm's running-statistics update, from group 0's (biased) statistics."""
         bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
-        assert bn.num_batches_tracked is not None and bn.running_mean is not None and bn.running_var is not None
+        assert (
+            bn.num_batches_tracked is not None and bn.running_mean is not None and bn.running_var is not None
+        )
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         unbiased = var0 * (count / max(count - 1, 1))
@@ -85,8 +87,12 @@ class GhostBatchNorm1d(_GhostMixin, nn.BatchNorm1d):
         return self._ghost_forward(x)
 
 
-_SWAP = {nn.BatchNorm2d: GhostBatchNorm2d, nn.BatchNorm1d: GhostBatchNorm1d,
-         GhostBatchNorm2d: GhostBatchNorm2d, GhostBatchNorm1d: GhostBatchNorm1d}
+_SWAP = {
+    nn.BatchNorm2d: GhostBatchNorm2d,
+    nn.BatchNorm1d: GhostBatchNorm1d,
+    GhostBatchNorm2d: GhostBatchNorm2d,
+    GhostBatchNorm1d: GhostBatchNorm1d,
+}
 
 
 def convert_ghost_bn(model: nn.Module, group: int) -> nn.Module:

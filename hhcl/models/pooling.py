@@ -34,7 +34,9 @@ class GeneralizedMeanPoolingP(nn.Module):
         return f"p={float(self.p.detach()[0]):.4f}, eps={self.eps}"
 
 
-def build_pooling(name: str, *, gem_p: float = 3.0, gem_eps: float = 1e-6, gem_learnable: bool = True) -> nn.Module:
+def build_pooling(
+    name: str, *, gem_p: float = 3.0, gem_eps: float = 1e-6, gem_learnable: bool = True
+) -> nn.Module:
     """``avg`` -> AdaptiveAvgPool2d(1) (no parameters), ``gem`` -> :class:`GeneralizedMeanPoolingP`."""
     if name == "avg":
         return nn.AdaptiveAvgPool2d(1)

@@ -15,8 +15,13 @@ from hhcl.models.pooling import build_pooling
 from hhcl.models.resnet_ibn_a import resnet50_ibn_a
 from hhcl.models.weights import WeightsNotFoundError, imagenet_weights_file
 
-ARCH_BUILDERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50,
-                 "resnet101": tvm.resnet101, "resnet50_ibn_a": resnet50_ibn_a}
+ARCH_BUILDERS = {
+    "resnet18": tvm.resnet18,
+    "resnet34": tvm.resnet34,
+    "resnet50": tvm.resnet50,
+    "resnet101": tvm.resnet101,
+    "resnet50_ibn_a": resnet50_ibn_a,
+}
 _DEEP = ("resnet50", "resnet101", "resnet50_ibn_a")
 
 
@@ -27,7 +32,9 @@ class ReIDNet(nn.Module):
     ``[B, feature_dim]`` in train and eval mode (reference 2.4); dropout (train mode only) comes after.
     """
 
-    def __init__(self, backbone: nn.Module, pooling: nn.Module, num_features: int = 0, dropout: float = 0.0) -> None:
+    def __init__(
+        self, backbone: nn.Module, pooling: nn.Module, num_features: int = 0, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         b = backbone
         self.base = nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool, b.layer1, b.layer2, b.layer3, b.layer4)
@@ -119,7 +126,9 @@ def build_model(
     if arch in _DEEP:
         backbone.layer4[0].conv2.stride = (1, 1)
         backbone.layer4[0].downsample[0].stride = (1, 1)
-    model = ReIDNet(backbone, build_pooling(pooling, gem_p=gem_p, gem_learnable=gem_learnable), num_features, dropout)
+    model = ReIDNet(
+        backbone, build_pooling(pooling, gem_p=gem_p, gem_learnable=gem_learnable), num_features, dropout
+    )
     if source is None:
         model.reset_params()
     else:

@@ -33,7 +33,12 @@ class Bottleneck_IBN(nn.Module):  # noqa: N801 - name kept from the reference im
     expansion = 4
 
     def __init__(
-        self, inplanes: int, planes: int, ibn: str | None = None, stride: int = 1, downsample: nn.Module | None = None
+        self,
+        inplanes: int,
+        planes: int,
+        ibn: str | None = None,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
@@ -87,7 +92,9 @@ class ResNetIBN(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes * Bottleneck_IBN.expansion:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * Bottleneck_IBN.expansion, kernel_size=1, stride=stride, bias=False),
+                nn.Conv2d(
+                    self.inplanes, planes * Bottleneck_IBN.expansion, kernel_size=1, stride=stride, bias=False
+                ),
                 nn.BatchNorm2d(planes * Bottleneck_IBN.expansion),
             )
         # As IBN-Net: never IBN at planes 512 (layer4), whatever ibn_cfg says.

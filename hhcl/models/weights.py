@@ -10,8 +10,12 @@ import torch
 IBN_FILES = ("resnet50_ibn_a.pth.tar", "resnet50_ibn_a-d9d0bb7b.pth")
 IBN_URL = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet50_ibn_a-d9d0bb7b.pth"
 # Older torchvision file names of the same IMAGENET1K_V1 weights (the reference's resnet50-19c8e357.pth).
-_LEGACY = {"resnet18": "resnet18-5c106cde.pth", "resnet34": "resnet34-333f7ec4.pth",
-           "resnet50": "resnet50-19c8e357.pth", "resnet101": "resnet101-5d3b4d8f.pth"}
+_LEGACY = {
+    "resnet18": "resnet18-5c106cde.pth",
+    "resnet34": "resnet34-333f7ec4.pth",
+    "resnet50": "resnet50-19c8e357.pth",
+    "resnet101": "resnet101-5d3b4d8f.pth",
+}
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -26,8 +30,12 @@ def hub_checkpoints_dir() -> Path:
 def _torchvision_url(arch: str) -> str:
     import torchvision.models as tvm
 
-    enum = {"resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights,
-            "resnet50": tvm.ResNet50_Weights, "resnet101": tvm.ResNet101_Weights}[arch]
+    enum = {
+        "resnet18": tvm.ResNet18_Weights,
+        "resnet34": tvm.ResNet34_Weights,
+        "resnet50": tvm.ResNet50_Weights,
+        "resnet101": tvm.ResNet101_Weights,
+    }[arch]
     return enum.IMAGENET1K_V1.url
 
 

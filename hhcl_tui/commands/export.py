@@ -12,7 +12,9 @@ from hhcl_tui.common import console, fail
 
 
 def export(
-    source: Annotated[Path, typer.Argument(help="run directory (runs/<name>) or checkpoint (.safetensors, .pth.tar)")],
+    source: Annotated[
+        Path, typer.Argument(help="run directory (runs/<name>) or checkpoint (.safetensors, .pth.tar)")
+    ],
     format: Annotated[str, typer.Option("--format", "-f", help="onnx, torchscript or safetensors")],
     out: Annotated[Path, typer.Option("--out", "-o", help="file to write, e.g. model.onnx")],
 ) -> None:
@@ -38,7 +40,9 @@ def export(
 
 
 def embed(
-    source: Annotated[Path, typer.Argument(help="run directory, checkpoint, or exported .onnx/TorchScript file")],
+    source: Annotated[
+        Path, typer.Argument(help="run directory, checkpoint, or exported .onnx/TorchScript file")
+    ],
     images_dir: Annotated[Path, typer.Argument(help="folder of images (searched recursively)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="embeddings file to write (.npy)")],
     batch_size: Annotated[int, typer.Option(help="images per batch")] = 64,
@@ -55,11 +59,20 @@ def embed(
     try:
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("embed", total=None)
-            result = run_embed(source, images_dir, out, batch_size=batch_size, device=device,
-                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+            result = run_embed(
+                source,
+                images_dir,
+                out,
+                batch_size=batch_size,
+                device=device,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
     except (CheckpointError, EmbedError) as err:
         raise fail(str(err), 1) from None
     except RuntimeError as err:  # e.g. an unknown or unavailable --device
         raise fail(f"embedding failed: {err}", 1) from None
-    console.print(f"[green]wrote[/] {result.out} ({result.shape[0]} x {result.shape[1]} float32) "
-                  f"and {result.list_file}", highlight=False)
+    console.print(
+        f"[green]wrote[/] {result.out} ({result.shape[0]} x {result.shape[1]} float32) "
+        f"and {result.list_file}",
+        highlight=False,
+    )

@@ -1,0 +1,157 @@
+"""Rank-list pictures, ``evaluate_checkpoint`` / ``hhcl eval`` on a tiny synthetic run, and the VIPeR
+real-image path; the numbers are checked against an independent sklearn-per-query computation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import average_precision_score
+from typer.testing import CliRunner
+
+from hhcl.evaluate import extract_features
+from hhcl.visualize import MATCH, MISS, ranklist_image, sample_queries, save_ranklists
+from hhcl_tui.cli import app
+
+
+class Store:
+    def __init__(self, images, pids, camids):
+        self.images, self.device = images, images.device
+        self.pids, self.camids = torch.as_tensor(pids), torch.as_tensor(camids)
+
+    def __len__(self):
+        return len(self.images)
+
+    def gather(self, idx):
+        return self.images[idx]
+
+
+def naive_map_r1(dist, q_pids, g_pids, q_cams, g_cams):
+    aps, r1 = [], []
+    for i in range(len(q_pids)):
+        valid = (g_pids != q_pids[i]) | (g_cams != q_cams[i])
+        y = (g_pids == q_pids[i])[valid]
+        if y.any():
+            aps.append(average_precision_score(y, -dist[i][valid]))
+            r1.append(bool(y[np.argsort(dist[i][valid], kind="stable")[0]]))
+    return float(np.mean(aps)), float(np.mean(r1))
+
+
+def test_ranklist_borders_and_layout():
+    q = torch.full((3, 16, 8), 128, dtype=torch.uint8)
+    gal = torch.zeros(3, 3, 16, 8, dtype=torch.uint8)
+    img = ranklist_image(q, gal, [True, False, True], [0.1, 0.25, 0.5])
+    assert img.height >= 16 and img.width > 4 * 8
+    px = np.asarray(img)
+    tile_w = 8 + 2 * 4
+    first = tile_w + 24  # the separator after the query tile
+    assert tuple(px[0, first]) == MATCH and tuple(px[0, first + tile_w + 6]) == MISS
+    with pytest.raises(ValueError, match="match flags"):
+        ranklist_image(q, gal, [True], [0.1, 0.2, 0.3])
+
+
+def test_save_ranklists_skips_same_camera_copies(tmp_path):
+    images = torch.randint(0, 256, (6, 3, 16, 8), dtype=torch.uint8)
+    qs = Store(images[:2], [1, 2], [0, 0])
+    gs = Store(images[2:], [1, 1, 2, 3], [0, 1, 1, 1])  # gallery 0 is query 0's same-camera copy
+    dist = torch.tensor([[0.0, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1]])
+    paths = save_ranklists(dist, [0, 1], qs, gs, topk=3, out_dir=tmp_path / "rl")
+    assert [p.name for p in paths] == ["q00000_pid1_miss.png", "q00001_pid2_miss.png"]
+    one = np.asarray(Image.open(paths[0]))
+    tile_w = 8 + 2 * 4
+    # query 0 ranks: gallery 3 (pid 3, miss), gallery 2 (pid 2, miss), gallery 1 (pid 1, match): 3 tiles, no copy
+    assert one.shape[1] == 4 * tile_w + 24 + 2 * 6
+    assert tuple(one[0, tile_w + 24 + 2 * (tile_w + 6)]) == MATCH
+    assert not list((tmp_path / "rl").glob("*.tmp"))
+    assert sample_queries(100, 5).tolist() == [0, 25, 50, 74, 99]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A synthetic dataset and a run directory holding a random-init resnet18 checkpoint with its config."""
+    from hhcl.checkpoint import save_weights
+    from hhcl.config import load_config
+    from hhcl.data import prepare_synthetic
+    from hhcl.models import build_model
+
+    base = tmp_path_factory.mktemp("evalrun")
+    root = base / "data"
+    prepare_synthetic(root, ids=6, cams=2, seed=0, height=64, width=32, progress=False)
+    cfg = load_config("demo", [f"data.root={root}", "data.height=64", "data.width=32"])
+    torch.manual_seed(0)
+    model = build_model("resnet18", "avg", "none")
+    run = base / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.toml").write_text(cfg.to_toml())
+    save_weights(model, run / "checkpoints" / "best.safetensors", {"config": cfg.to_toml()})
+    return run, root
+
+
+def independent_numbers(run, root):
+    from hhcl.checkpoint import load_model
+    from hhcl.data import build_dataset, open_split
+
+    model, info = load_model(run, device="cpu")
+    data = build_dataset("synthetic", root)
+    qs = open_split(data, "query", height=64, width=32, device="cpu", progress=False)
+    gs = open_split(data, "gallery", height=64, width=32, device="cpu", progress=False)
+    qf, gf = extract_features(model, qs), extract_features(model, gs)
+    dist = torch.cdist(qf.double(), gf.double()).pow(2).numpy()
+    return naive_map_r1(dist, qs.pids.numpy(), gs.pids.numpy(), qs.camids.numpy(), gs.camids.numpy())
+
+
+def test_hhcl_eval_cli_json_and_ranklists(tiny_run, tmp_path):
+    run, root = tiny_run
+    out_json, out_dir = tmp_path / "res" / "eval.json", tmp_path / "ranks"
+    result = CliRunner().invoke(
+        app,
+        ["eval", str(run), "--root", str(root), "--json", str(out_json), "--ranklist", "4", "--out", str(out_dir),
+         "--num-queries", "2", "--device", "cpu", "--batch-size", "16"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "mAP" in result.output and "R10" in result.output
+    data = json.loads(out_json.read_text())
+    m_ref, r1_ref = independent_numbers(run, root)
+    assert data["dataset"] == "synthetic" and data["mAP"] == pytest.approx(m_ref, abs=1e-5)
+    assert data["R1"] == pytest.approx(r1_ref) and len(data["cmc"]) == 100
+    assert len(list(out_dir.glob("*.png"))) == 2 and len(data["ranklists"]) == 2
+
+
+def test_hhcl_eval_errors(tiny_run, tmp_path):
+    run, root = tiny_run
+    runner = CliRunner()
+
+    def words(res):
+        return " ".join(res.output.split())  # Rich wraps long lines
+
+    res = runner.invoke(app, ["eval", str(run), "--root", str(root), "--ranklist", "3"])
+    assert res.exit_code == 2 and "--out" in words(res)
+    res = runner.invoke(app, ["eval", str(tmp_path / "missing"), "--root", str(root)])
+    assert res.exit_code == 1 and "does not exist" in words(res)
+    res = runner.invoke(app, ["eval", str(run), "--root", str(tmp_path / "nodata"), "--device", "cpu"])
+    assert res.exit_code == 1 and "hhcl prepare synthetic" in words(res)
+
+
+def test_viper_real_images_end_to_end(viper_dir, tmp_path):
+    """Real VIPeR crops: cam_a queries vs cam_b gallery through the store, a tiny net, metrics, rank lists."""
+    from test_evaluate import TinyNet, manual_features  # the tiny net and its independent features, shared
+
+    from hhcl.data import build_dataset, open_split
+    from hhcl.evaluate import evaluate
+
+    data = build_dataset("viper", viper_dir.parent)
+    qs = open_split(data, "query", height=32, width=16, device="cpu", cache=False, progress=False)
+    gs = open_split(data, "gallery", height=32, width=16, device="cpu", cache=False, progress=False)
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    result = evaluate(model, qs, gs, batch_size=128)
+    qi, gi = qs.gather(torch.arange(len(qs))), gs.gather(torch.arange(len(gs)))
+    dist = torch.cdist(manual_features(model, qi).double(), manual_features(model, gi).double()).pow(2).numpy()
+    m_ref, r1_ref = naive_map_r1(dist, qs.pids.numpy(), gs.pids.numpy(), qs.camids.numpy(), gs.camids.numpy())
+    assert result["num_valid_queries"] == len(qs) == 316
+    assert result["mAP"] == pytest.approx(m_ref, abs=1e-5) and result["ranks"][1] == pytest.approx(r1_ref)
+    paths = save_ranklists(torch.from_numpy(dist[:2]).float(), [0, 1], qs, gs, topk=5, out_dir=tmp_path)
+    assert all(Image.open(p).size[0] > 6 * 16 for p in paths)
