@@ -47,9 +47,9 @@ class ConsoleReporter(Hook):
         self._log.write(f"{stamp} {text}\n")
         self._log.flush()
         if self._progress is not None:
-            self._progress.console.print(text, highlight=False)
+            self._progress.console.print(text, highlight=False, markup=False)
         else:
-            self.console.print(f"{stamp} {text}" if not self.live else text, highlight=False, soft_wrap=True)
+            self.console.print(f"{stamp} {text}" if not self.live else text, highlight=False, markup=False, soft_wrap=True)
 
     def _start_bar(self, epoch: int, total: int, done: int) -> None:
         self._stop_bar()

@@ -48,29 +48,22 @@ def presets_show(name: Annotated[str, typer.Argument(help="preset name, e.g. mar
     console.print(Syntax(cfg.to_toml(), "toml", theme="ansi_dark", background_color="default"))
 
 
-from hhcl_tui.commands import train as train_cmd  # noqa: E402 - commands register after the app exists
-
-app.command("train")(train_cmd.train)
-app.command("demo")(train_cmd.demo)
-
+# Commands register after the app exists (they import the shared helpers); order = `hhcl --help` order.
+from hhcl_tui.commands import eval as eval_cmd  # noqa: E402
+from hhcl_tui.commands import export as export_cmd  # noqa: E402
 from hhcl_tui.commands import monitor as monitor_cmd  # noqa: E402
+from hhcl_tui.commands import prepare as prepare_cmd  # noqa: E402
+from hhcl_tui.commands import train as train_cmd  # noqa: E402
 from hhcl_tui.commands import wizard as wizard_cmd  # noqa: E402
 
-app.command("monitor")(monitor_cmd.monitor)
-app.command("wizard")(wizard_cmd.wizard)
-
-from hhcl_tui.commands import prepare as prepare_cmd  # noqa: E402
-
 app.command("prepare")(prepare_cmd.prepare)
-
-from hhcl_tui.commands import export as export_cmd  # noqa: E402
-
+app.command("train")(train_cmd.train)
+app.command("eval")(eval_cmd.eval_cmd)
 app.command("export")(export_cmd.export)
 app.command("embed")(export_cmd.embed)
-
-from hhcl_tui.commands import eval as eval_cmd  # noqa: E402
-
-app.command("eval")(eval_cmd.eval_cmd)
+app.command("monitor")(monitor_cmd.monitor)
+app.command("wizard")(wizard_cmd.wizard)
+app.command("demo")(train_cmd.demo)
 
 
 def main() -> None:

@@ -53,8 +53,9 @@ def has_positive(q_pids, g_pids, q_cams, g_cams):
 @pytest.mark.parametrize("kind", ["continuous", "ties", "duplicates"])
 def test_rank_metrics_matches_sklearn_per_query(kind):
     rng = np.random.default_rng({"continuous": 0, "ties": 1, "duplicates": 2}[kind])
-    checked = 0
-    for _ in range(24):
+    checked, tries = 0, 0
+    while checked < 16 and tries < 200:
+        tries += 1
         q, g = int(rng.integers(1, 25)), int(rng.integers(1, 150))
         case = random_case(rng, q, g, kind)
         if not has_positive(*case[1:]):
@@ -67,7 +68,7 @@ def test_rank_metrics_matches_sklearn_per_query(kind):
             assert got["num_valid_queries"] == n_ref
             assert got["ranks"] == {1: cmc_ref[0], 5: cmc_ref[4], 10: cmc_ref[9]}
         checked += 1
-    assert checked > 12
+    assert checked == 16
 
 
 def test_market_like_layout_with_distractors_and_junk():
@@ -114,7 +115,7 @@ def test_no_valid_query_and_bad_input_are_errors():
     d = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match="no query has a valid positive"):
         rank_metrics(d, [1, 2], [1, 2, 3], [0, 0], [0, 0, 1])
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    with pytest.raises(ValueError, match="NaN or -inf"):
         rank_metrics(np.array([[np.nan, 0.1]], np.float32), [1], [1, 2], [0], [1, 1])
     with pytest.raises(ValueError, match="q_pids has 1 entries"):
         rank_metrics(d, [1], [1, 2, 3], [0, 0], [0, 0, 1])

@@ -109,7 +109,7 @@ def test_hhcl_eval_cli_json_and_ranklists(tiny_run, tmp_path):
     result = CliRunner().invoke(
         app,
         ["eval", str(run), "--root", str(root), "--json", str(out_json), "--ranklist", "4", "--out", str(out_dir),
-         "--num-queries", "2", "--device", "cpu", "--batch-size", "16"],
+         "--num-queries", "2", "--device", "cpu", "--batch-size", "16", "--rerank"],
     )
     assert result.exit_code == 0, result.output
     assert "mAP" in result.output and "R10" in result.output
@@ -118,6 +118,7 @@ def test_hhcl_eval_cli_json_and_ranklists(tiny_run, tmp_path):
     assert data["dataset"] == "synthetic" and data["mAP"] == pytest.approx(m_ref, abs=1e-5)
     assert data["R1"] == pytest.approx(r1_ref) and len(data["cmc"]) == 100
     assert len(list(out_dir.glob("*.png"))) == 2 and len(data["ranklists"]) == 2
+    assert "re-ranked" in result.output and 0 < data["rerank"]["mAP"] <= 1 and len(data["rerank"]["cmc"]) == 100
 
 
 def test_hhcl_eval_errors(tiny_run, tmp_path):

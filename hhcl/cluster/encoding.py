@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_BITMAP_BYTES = 32 * 2**20  # one dense [rows, n] bool block for set membership
-PairValue = Callable[[Tensor, Tensor], Tensor]  # (rows, cols) -> per-pair value (distance for the weights)
+_BITMAP_BYTES = 32 * 2**20  # one dense [rows, n] int32 scratch block for set membership
+_IN_R = 1 << 16  # flag: j is in R(i, l_full)
+PairValue = Callable[[Tensor, Tensor, Tensor], Tensor]  # (rows, cols, column in rank or -1) -> pair distance
 
 
 @dataclass(frozen=True)
@@ -58,35 +59,49 @@ def reciprocal_masks(rank: Tensor, l_full: int, l_half: int) -> tuple[Tensor, Te
     return (t < l_full) & (back < l_full), (t < l_half) & (back < l_half)
 
 
-def expanded_sets(rank: Tensor, l_full: int, l_half: int) -> tuple[Tensor, Tensor]:
-    """(row, col) pairs of the expanded sets E(i), sorted by (row, col), unique.
+def expanded_sets(rank: Tensor, l_full: int, l_half: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(row, col) pairs of the expanded sets E(i), sorted by (row, col), unique, and the column of col in
+    rank[row] (-1 when it is not there).
 
     E(i) = R(i, l_full) plus R(c, l_half) for every c in R(i, l_full) with |R(c, l_half) & R(i, l_full)| > 2/3
-    |R(c, l_half)| (always against the original R(i, l_full)). Set membership uses a dense [rows, n] bitmap
-    per block of rows, which also yields each E(i) sorted and unique.
+    |R(c, l_half)| (always against the original R(i, l_full)). Membership and de-duplication use dense
+    [rows, n] int32 scratch blocks, touched only where written.
     """
-    n = rank.shape[0]
+    n, c = rank.shape
+    dev, i32 = rank.device, torch.int32
     m_full, m_half = reciprocal_masks(rank, l_full, l_half)
-    half_len = m_half.sum(dim=1)
-    step = max(1, _BITMAP_BYTES // n)
-    bitmap = torch.zeros(min(step, n) * n, dtype=torch.bool, device=rank.device)
-    keys = []
+    half_len = m_half.sum(dim=1).to(i32)
+    rank_half = rank[:, :l_half].to(i32).contiguous()
+    ok_half = m_half[:, :l_half].contiguous()
+    step = max(1, _BITMAP_BYTES // (4 * n))
+    code = torch.zeros(min(step, n) * n, dtype=i32, device=dev)  # t + 1 of j in rank[i], + _IN_R
+    owner = torch.empty_like(code)
+    cols = torch.arange(1, c + 1, dtype=i32, device=dev)
+    keys, kpos = [], []
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
+        block = rank[r0:r1].to(i32)
+        knn_keys = (torch.arange(r1 - r0, device=dev)[:, None] * n + rank[r0:r1]).flatten()
+        code.index_copy_(0, knn_keys, cols.repeat(r1 - r0))
         ii, tt = m_full[r0:r1].nonzero(as_tuple=True)
-        cc = rank[r0 + ii, tt]
-        base = ii * n
-        bitmap[base + cc] = True
-        half = rank[cc, :l_half]
-        ok = m_half[cc, :l_half]
-        count = (bitmap[base[:, None] + half] & ok).sum(dim=1)
-        sel = 3 * count > 2 * half_len[cc]  # == count > 2/3 * |R(c)| for every size < 60, no float rounding
-        bitmap[(base[sel, None] + half[sel])[ok[sel]]] = True
-        found = bitmap[: (r1 - r0) * n].nonzero().flatten()
-        bitmap[found] = False
-        keys.append(found + r0 * n)
+        cc = block[ii, tt]
+        base = ii.to(i32) * n
+        r_keys = base + cc
+        code.index_add_(0, r_keys, torch.full_like(r_keys, _IN_R))  # r_keys are unique
+        half = rank_half.index_select(0, cc)
+        ok = ok_half.index_select(0, cc)
+        h_keys = base[:, None] + half
+        inside = code.index_select(0, h_keys.flatten()).view_as(h_keys) >= _IN_R
+        sel = 3 * (inside & ok).sum(dim=1) > 2 * half_len.index_select(0, cc)  # == count > 2/3 |R(c)|, < 60
+        cand = torch.cat([r_keys, h_keys[sel][ok[sel]]])
+        ids = torch.arange(len(cand), dtype=i32, device=dev)
+        owner.index_copy_(0, cand.long(), ids)  # one of the duplicates wins; it alone reads its own id back
+        found = cand[owner.index_select(0, cand) == ids].sort().values
+        kpos.append((code.index_select(0, found) & (_IN_R - 1)) - 1)
+        code.index_fill_(0, knn_keys, 0)
+        keys.append(found.long() + r0 * n)
     flat = torch.cat(keys)
-    return flat // n, flat % n
+    return flat // n, flat % n, torch.cat(kpos).long()
 
 
 def weight_rows(rows: Tensor, cols: Tensor, value: Tensor, n: int, *, softmax: bool) -> Csr:
@@ -103,45 +118,59 @@ def weight_rows(rows: Tensor, cols: Tensor, value: Tensor, n: int, *, softmax: b
     return Csr(rowptr=rowptr, col=cols, val=e / total[rows], n=n)
 
 
+def expand_segments(starts: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """For segments [starts, starts + counts): (owner segment, position) of every element, in order (int32)."""
+    counts = counts.to(torch.int32)
+    owner = torch.repeat_interleave(torch.arange(len(counts), dtype=torch.int32, device=counts.device), counts)
+    shift = (starts - (counts.cumsum(0) - counts)).to(torch.int32)
+    return owner, torch.arange(len(owner), dtype=torch.int32, device=counts.device) + shift.index_select(0, owner)
+
+
 def query_expansion(v: Csr, rank: Tensor, k2: int) -> Csr:
     """V_qe[i] = mean of the rows V[rank[i, :k2]] (fp32, summed in rank order as the reference's np.mean)."""
-    n = v.n
+    n, i32 = v.n, torch.int32
     k2 = min(k2, rank.shape[1])
     if k2 == 1:
         return v
-    src = rank[:, :k2].flatten()  # source row of each (i, t), in (i, t) order
-    counts = v.rowptr[src + 1] - v.rowptr[src]
-    owner = torch.repeat_interleave(torch.arange(len(src), device=src.device), counts)
-    starts = v.rowptr[src] - (counts.cumsum(0) - counts)
-    pos = torch.arange(len(owner), device=src.device) + starts[owner]
-    keys = (owner // k2) * n + v.col[pos]
-    keys, order = keys.sort(stable=True)  # stable: equal keys stay in t order, so sums run as the reference's
-    uniq, inv = torch.unique_consecutive(keys, return_inverse=True)
-    val = torch.zeros(len(uniq), device=v.val.device).index_add_(0, inv, v.val[pos[order]])
-    rows = uniq // n
-    rowptr = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
-    rowptr[1:] = torch.bincount(rows, minlength=n).cumsum(0)
-    return Csr(rowptr=rowptr, col=uniq % n, val=val / k2, n=n)
+    step = max(1, _BITMAP_BYTES // (4 * n))
+    scratch = torch.empty(min(step, n) * n, dtype=i32, device=v.col.device)
+    col32, counts = v.col.to(i32), v.rowptr[1:] - v.rowptr[:-1]
+    keys, vals = [], []
+    for r0 in range(0, n, step):
+        src = rank[r0 : r0 + step, :k2].flatten()  # source row of each (i, t), in (i, t) order
+        owner, pos = expand_segments(v.rowptr[src], counts[src])
+        key = torch.div(owner, k2, rounding_mode="floor") * n + col32.index_select(0, pos)
+        ids = torch.arange(len(key), dtype=i32, device=key.device)
+        scratch.index_copy_(0, key.long(), ids)
+        uniq = key[scratch.index_select(0, key) == ids].sort().values
+        scratch.index_copy_(0, uniq.long(), torch.arange(len(uniq), dtype=i32, device=key.device))
+        # index_add in (i, t) order: each sum runs over t as the reference's row-wise mean does
+        total = torch.zeros(len(uniq), device=v.val.device)
+        vals.append(total.index_add_(0, scratch.index_select(0, key), v.val.index_select(0, pos)) / k2)
+        keys.append(uniq.long() + r0 * n)
+    flat = torch.cat(keys)
+    rowptr = torch.zeros(n + 1, dtype=torch.int64, device=flat.device)
+    rowptr[1:] = torch.bincount(flat // n, minlength=n).cumsum(0)
+    return Csr(rowptr=rowptr, col=flat % n, val=torch.cat(vals), n=n)
 
 
 def encode(rank: Tensor, pair_value: PairValue, *, l_full: int, l_half: int, k2: int, softmax: bool) -> Csr:
     """The reference's V_qe from the neighbour lists rank [n, c] (c >= l_full) and a pair distance."""
-    rows, cols = expanded_sets(rank, l_full, l_half)
-    v = weight_rows(rows, cols, pair_value(rows, cols), rank.shape[0], softmax=softmax)
+    rows, cols, kpos = expanded_sets(rank, l_full, l_half)
+    v = weight_rows(rows, cols, pair_value(rows, cols, kpos), rank.shape[0], softmax=softmax)
     return query_expansion(v, rank, k2)
 
 
-def pair_lookup(index: Tensor, values: Tensor, compute: PairValue) -> PairValue:
-    """Per-pair value from the kNN lists (either direction) where known, else from compute(rows, cols)."""
+def pair_lookup(index: Tensor, values: Tensor, compute: Callable[[Tensor, Tensor], Tensor]) -> PairValue:
+    """Symmetric per-pair value from the kNN lists where known (forward via kpos, else the reverse list),
+    computed by compute(rows, cols) for the pairs in neither list."""
     n = index.shape[0]
-    rows = torch.arange(n, device=index.device)[:, None].expand_as(index)
-    keys, order = (rows * n + index).flatten().sort()
+    keys, order = (torch.arange(n, device=index.device)[:, None] * n + index).flatten().sort()
     flat = values.flatten()[order]
 
-    def value(r: Tensor, c: Tensor) -> Tensor:
-        pos, hit = lookup(keys, r * n + c)
-        out = flat[pos]
-        miss = (~hit).nonzero().flatten()
+    def value(r: Tensor, c: Tensor, kpos: Tensor) -> Tensor:
+        out = values[r, kpos.clamp_min(0)]
+        miss = (kpos < 0).nonzero().flatten()
         if len(miss):
             pos_t, hit_t = lookup(keys, c[miss] * n + r[miss])
             out[miss] = flat[pos_t]

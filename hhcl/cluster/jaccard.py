@@ -6,10 +6,10 @@ import torch
 from torch import Tensor
 
 from hhcl.cluster.encoding import Csr, encode, half_size, pair_lookup
-from hhcl.cluster.knn import Neighbours, check_features, neighbours
+from hhcl.cluster.knn import Neighbours, check_features, neighbours, sparse_threads
 from hhcl.cluster.overlap import overlap_dense, overlap_pairs
 
-_PAIRS = 4096  # explicit inner products computed at once
+_PAIRS = 1024  # explicit inner products computed at once
 
 
 def check_params(k1: int, k2: int) -> None:
@@ -20,11 +20,16 @@ def check_params(k1: int, k2: int) -> None:
 
 
 def inner_products(x: Tensor, r: Tensor, c: Tensor) -> Tensor:
-    """fp32 inner products <x_r, x_c> for explicit pairs, in slices to bound memory."""
+    """fp32 inner products <x_r, x_c> for explicit pairs, in slices through reused buffers (memory-bound)."""
     out = torch.empty(len(r), device=x.device)
+    size = min(_PAIRS, len(r))
+    a, b = x.new_empty(size, x.shape[1]), x.new_empty(size, x.shape[1])
+    r, c = r.to(torch.int32), c.to(torch.int32)
     for s in range(0, len(r), _PAIRS):
-        a, b = x.index_select(0, r[s : s + _PAIRS]), x.index_select(0, c[s : s + _PAIRS])
-        out[s : s + _PAIRS] = torch.bmm(a[:, None, :], b[:, :, None]).flatten()
+        k = min(_PAIRS, len(r) - s)
+        torch.index_select(x, 0, r[s : s + k], out=a[:k])
+        torch.index_select(x, 0, c[s : s + k], out=b[:k])
+        out[s : s + k] = torch.linalg.vecdot(a[:k], b[:k])
     return out
 
 
@@ -44,8 +49,9 @@ def jaccard_distance(features: Tensor, *, k1: int = 30, k2: int = 6) -> Tensor:
     """Dense [N, N] k-reciprocal Jaccard distance as the reference computes it (small N: tests, parity)."""
     check_params(k1, k2)
     x = check_features(features)
-    v = reciprocal_encoding(x, neighbours(x, k1), k1, k2)
-    return to_distance(overlap_dense(v, 0, x.shape[0]))
+    nb = neighbours(x, k1)
+    with sparse_threads(x.device):
+        return to_distance(overlap_dense(reciprocal_encoding(x, nb, k1, k2), 0, x.shape[0]))
 
 
 def jaccard_pairs(x: Tensor, nb: Neighbours, *, k1: int, k2: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:

@@ -17,6 +17,7 @@ from torch import Tensor
 BACKENDS = ("auto", "torch", "faiss")
 _CHUNK_BYTES = 96 * 2**20  # one [rows, N] float32 block of the distance matrix
 _PAD = 8  # extra columns fetched so ties at the k-th position can be seen
+_SPARSE_THREADS = 1
 _TOL = 2e-5  # relative gap under which two fp32 distances are treated as a possible tie
 
 
@@ -41,6 +42,21 @@ def ieee_fp32(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.fp32_precision = old
+
+
+@contextlib.contextmanager
+def sparse_threads(device: torch.device) -> Iterator[None]:
+    """Run the sparse stages on one CPU thread: they are hundreds of short memory-bound ops, and on a shared
+    2-core machine OpenMP barriers made them 5-15x slower with 2 threads (see benchmarks/RESULTS.md)."""
+    if device.type != "cpu" or torch.get_num_threads() <= _SPARSE_THREADS:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(_SPARSE_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def check_features(features: Tensor, name: str = "features") -> Tensor:

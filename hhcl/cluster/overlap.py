@@ -14,26 +14,22 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from hhcl.cluster.encoding import Csr
+from hhcl.cluster.encoding import Csr, expand_segments
 
 _TRIPLES = 4_000_000  # (i, k, j) terms expanded at once
 _BLOCK_BYTES = 48 * 2**20  # one dense [rows, n] float32 accumulation block
 _PREFIX = 0.65  # prefix = heaviest entries until what is left weighs < _PREFIX * t (measured sweet spot)
 
 
+_I32 = torch.int32  # index arrays: index_select / repeat_interleave / index_add are several times faster
+
+
 def _columns(rows: Tensor, cols: Tensor, vals: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Column lists (CSC) of the given entries: (colptr, row, val, sorted keys col * n + row)."""
+    """Column lists (CSC) of the given entries: (colptr, row (int32), val, sorted keys col * n + row)."""
     keys, order = (cols * n + rows).sort()
     colptr = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
     colptr[1:] = torch.bincount(cols, minlength=n).cumsum(0)
-    return colptr, rows[order], vals[order], keys
-
-
-def _expand(starts: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
-    """For segments [starts, starts + counts): (owner segment, position) of every element, in order."""
-    owner = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-    shift = starts - (counts.cumsum(0) - counts)
-    return owner, torch.arange(len(owner), device=counts.device) + shift[owner]
+    return colptr, rows[order].to(_I32), vals[order], keys
 
 
 def _blocks(per_row: Tensor, n_rows: int, max_rows: int) -> Iterator[tuple[int, int]]:
@@ -55,16 +51,16 @@ def overlap_dense(v: Csr, r0: int, r1: int, c0: int = 0) -> Tensor:
     out = torch.zeros((r1 - r0) * w, device=v.val.device)
     e0, e1 = int(v.rowptr[r0]), int(v.rowptr[r1])
     k, a = v.col[e0:e1], v.val[e0:e1]
-    base = (v.row[e0:e1] - r0) * w - c0
+    base = ((v.row[e0:e1] - r0) * w - c0).to(_I32)
     lo = torch.searchsorted(keys, k * n + c0) if c0 else colptr[k]
     counts = colptr[k + 1] - lo
     cum = counts.cumsum(0)
     s = 0
     while s < len(k):  # entries in (row, col) order, so every m(i, j) is summed in ascending column order
         e = min(max(int(torch.searchsorted(cum, (cum[s - 1] if s else 0) + _TRIPLES, right=True)), s + 1), len(k))
-        owner, pos = _expand(lo[s:e], counts[s:e])
-        owner += s
-        out.index_add_(0, base[owner] + crow[pos], torch.minimum(a[owner], cval[pos]))
+        owner, pos = expand_segments(lo[s:e], counts[s:e])
+        tgt = base[s:e].index_select(0, owner) + crow.index_select(0, pos)
+        out.index_add_(0, tgt, torch.minimum(a[s:e].index_select(0, owner), cval.index_select(0, pos)))
         s = e
     return out.view(r1 - r0, w)
 
@@ -82,39 +78,53 @@ def overlap_pairs(v: Csr, t: float) -> tuple[Tensor, Tensor, Tensor]:
     row_s = row[o]
     total = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, row_s, val_s)
     left = total[row_s] - (csx - start[row_s])  # mass of this entry and the lighter ones after it
-    in_prefix = left >= _PREFIX * t - 1e-5  # outside mass < t is enough to be exact; less prunes far better
+    in_prefix = torch.zeros(len(o), dtype=torch.bool, device=dev)
+    in_prefix[o] = left >= _PREFIX * t - 1e-5  # outside mass < t is enough to be exact; less prunes better
     outside = total - torch.zeros(n, dtype=torch.float64, device=dev).index_add_(
-        0, row_s[in_prefix], val_s[in_prefix]
+        0, row[in_prefix], v.val[in_prefix].double()
     )
     need = (t - outside - 1e-5).to(torch.float32)  # a candidate's sum over P_j must reach this (> 0)
-    pe = o[in_prefix]
-    pcolptr, prow, pval, pkeys = _columns(row[pe], v.col[pe], v.val[pe], n)
-    # probe: every entry (i, k) meets the prefix entries (j, k) with j > i
-    lo = torch.searchsorted(pkeys, v.col * n + row + 1)
+    # prefix column lists, and for every entry (i, k) where the prefix entries (j > i, k) start in them
+    csc = torch.sort(v.col * n + row).indices
+    flag = in_prefix[csc]
+    lo = torch.empty(len(csc), dtype=torch.int64, device=dev)
+    lo[csc] = flag.cumsum(0)
+    pe = csc[flag]
+    prow, pval = row[pe].to(_I32), v.val[pe]
+    pcolptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+    pcolptr[1:] = torch.bincount(v.col[pe], minlength=n).cumsum(0)
     pcount = pcolptr[v.col + 1] - lo
     per_row = torch.zeros(n, dtype=torch.int64, device=dev).index_add_(0, row, pcount)
     max_rows = max(1, _BLOCK_BYTES // (4 * n))
-    buf = torch.zeros(max_rows * n, device=dev)
-    dense = torch.zeros(max_rows * n, device=dev)
+    buf = torch.zeros(min(max_rows, n) * n, device=dev)
+    dense = torch.zeros(min(max_rows, n) * n, device=dev)
+    scratch = torch.empty(min(max_rows, n) * n, dtype=_I32, device=dev)
+    col32, rowptr32, counts32 = v.col.to(_I32), v.rowptr.to(_I32), counts.to(_I32)
     out_i, out_j, out_m = [], [], []
     for r0, r1 in _blocks(per_row, n, max_rows):
         w = n - r0
         e0, e1 = int(v.rowptr[r0]), int(v.rowptr[r1])
-        owner, pos = _expand(lo[e0:e1], pcount[e0:e1])
-        owner += e0
-        part = buf[: (r1 - r0) * w]
-        part.index_add_(0, (row[owner] - r0) * w + (prow[pos] - r0), torch.minimum(v.val[owner], pval[pos]))
-        part = part.view(r1 - r0, w)
-        il, jl = (part >= need[None, r0:]).nonzero(as_tuple=True)
-        part.zero_()
-        i, j = il + r0, jl + r0
-        # verify: full sum over row j's columns against row i held densely
-        rows_i = dense[: (r1 - r0) * n]
-        rows_i[(row[e0:e1] - r0) * n + v.col[e0:e1]] = v.val[e0:e1]
-        c_owner, c_pos = _expand(v.rowptr[j], counts[j])
-        terms = torch.minimum(rows_i[il[c_owner] * n + v.col[c_pos]], v.val[c_pos])
+        owner, pos = expand_segments(lo[e0:e1], pcount[e0:e1])
+        base = ((row[e0:e1] - r0) * w - r0).to(_I32)
+        jj = prow.index_select(0, pos)
+        tgt = base.index_select(0, owner) + jj
+        buf.index_add_(0, tgt, torch.minimum(v.val[e0:e1].index_select(0, owner), pval.index_select(0, pos)))
+        hit = buf.index_select(0, tgt) >= need.index_select(0, jj)
+        buf.index_fill_(0, tgt.long(), 0.0)
+        tgt = tgt[hit]
+        ids = torch.arange(len(tgt), dtype=_I32, device=dev)
+        scratch.index_copy_(0, tgt.long(), ids)  # de-duplicate: one id per pair reads itself back
+        tgt = tgt[scratch.index_select(0, tgt) == ids].long()
+        il = torch.div(tgt, w, rounding_mode="floor")
+        i, j = il + r0, tgt - il * w + r0
+        # verify: full sum over row j's columns (ascending) against row i held densely
+        flat_i = (row[e0:e1] - r0) * n + v.col[e0:e1]
+        dense.index_copy_(0, flat_i, v.val[e0:e1])
+        c_owner, c_pos = expand_segments(rowptr32.index_select(0, j.to(_I32)), counts32.index_select(0, j.to(_I32)))
+        at = (il * n).to(_I32).index_select(0, c_owner) + col32.index_select(0, c_pos)
+        terms = torch.minimum(dense.index_select(0, at), v.val.index_select(0, c_pos))
         m = torch.zeros(len(i), device=dev).index_add_(0, c_owner, terms)
-        rows_i[(row[e0:e1] - r0) * n + v.col[e0:e1]] = 0.0
+        dense.index_fill_(0, flat_i, 0.0)
         keep = m >= t
         out_i.append(i[keep])
         out_j.append(j[keep])

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from hhcl.cluster.dbscan import dbscan_graph
 from hhcl.cluster.jaccard import check_params, jaccard_pairs
-from hhcl.cluster.knn import check_features, neighbours, resolve_backend, timed
+from hhcl.cluster.knn import check_features, neighbours, resolve_backend, sparse_threads, timed
 
 
 @dataclass
@@ -48,8 +48,9 @@ def pseudo_labels(
     resolve_backend(knn_backend, x.device)
     n, dev = x.shape[0], x.device
     nb, t_knn = timed(lambda: neighbours(x, k1, backend=knn_backend), dev)
-    (i, j, _), t_jac = timed(lambda: jaccard_pairs(x, nb, k1=k1, k2=k2, eps=float(eps)), dev)
-    labels, t_db = timed(lambda: dbscan_graph(n, i, j, min_samples=min_samples), dev)
+    with sparse_threads(dev):
+        (i, j, _), t_jac = timed(lambda: jaccard_pairs(x, nb, k1=k1, k2=k2, eps=float(eps)), dev)
+        labels, t_db = timed(lambda: dbscan_graph(n, i, j, min_samples=min_samples), dev)
     sizes = torch.bincount(labels[labels >= 0], minlength=0)
     n_out = int((labels < 0).sum())
     return PseudoLabels(

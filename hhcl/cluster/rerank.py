@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hhcl.cluster.encoding import encode, half_size, pair_lookup
+from hhcl.cluster.encoding import PairValue, encode, half_size, pair_lookup
 from hhcl.cluster.jaccard import check_params, inner_products
-from hhcl.cluster.knn import check_features, ieee_fp32
+from hhcl.cluster.knn import check_features, ieee_fp32, sparse_threads
 from hhcl.cluster.overlap import overlap_dense
 
 _CHUNK_BYTES = 96 * 2**20
@@ -65,9 +65,18 @@ def rerank_distance(
         return d * d if square_input else d
 
     lookup = pair_lookup(rank, torch.cat(top_v), original)  # symmetric values; row-normalised below
+    with sparse_threads(x.device):
+        return _rerank_sparse(rank, lookup, colmax, out, nq, k1=k1, k2=k2, lambda_value=lambda_value)
+
+
+def _rerank_sparse(
+    rank: Tensor, lookup: PairValue, colmax: Tensor, out: Tensor, nq: int, *, k1: int, k2: int, lambda_value: float
+) -> Tensor:
+    """(1 - lambda) * Jaccard + lambda * original for the query rows; out holds the query x gallery original."""
+    m = rank.shape[0]
     v = encode(
         rank,
-        lambda r, c: lookup(r, c) / colmax[r],
+        lambda r, c, kpos: lookup(r, c, kpos) / colmax[r],
         l_full=min(k1 + 1, m),
         l_half=min(half_size(k1) + 1, m),
         k2=k2,

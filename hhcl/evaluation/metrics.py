@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 TOPK = 100  # CMC length, as the reference's cmc(topk=100)
-NBINS = 4096  # histogram bins per row between the row minimum and the query's farthest positive
+NBINS = 4096  # histogram bins per row between min(0, chunk minimum) and the query's farthest positive
 _CHUNK_ELEMS = 1 << 22  # distance entries per query chunk (the bin indices take 8 bytes each)
 _FIX_ELEMS = 1 << 21  # (selected item x threshold) comparisons per exact-fix block
 
@@ -108,7 +108,7 @@ def _chunk_stats(
     dev = dist.device
     lo = dist.min() if dist.numel() else dist.new_zeros(())  # one bin origin for the chunk
     if not bool(torch.isfinite(lo)):
-        raise ValueError("distmat has NaN or -inf values; distances must be real numbers")
+        raise ValueError("distmat has NaN or -inf values: distances must be real numbers (+inf ranks last)")
     same, has = gal.same_pid(q_pids)  # [C, P]
     sd = dist.gather(1, same)
     junk = has & (gal.camids[same] == q_cams[:, None])  # same pid, same camera: not in the ranking at all

@@ -1,0 +1,75 @@
+"""``hhcl train`` through the CLI: dry runs, config errors (exit 2), a tiny real run with log.txt, resume rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hhcl_tui.cli import app
+
+runner = CliRunner()
+
+
+def test_dry_run_shows_override_and_run_dir(tmp_path):
+    result = runner.invoke(
+        app, ["train", "--preset", "market", "--set", "optim.lr=0.0001", "--dry-run", "--runs-dir", str(tmp_path), "--name", "x"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "lr = 0.0001" in result.output
+    assert str(tmp_path / "x") in result.output.replace("\n", "")
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_key_exits_2_naming_it():
+    result = runner.invoke(app, ["train", "--preset", "market", "--set", "optim.lrr=1", "--dry-run"])
+    assert result.exit_code == 2
+    assert "optim.lrr" in result.output and "optim.lr" in result.output
+
+
+def test_missing_preset_and_existing_run_dir(tmp_path):
+    assert runner.invoke(app, ["train", "--dry-run"]).exit_code == 2
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "events.jsonl").write_text("")
+    result = runner.invoke(app, ["train", "--preset", "demo", "--runs-dir", str(tmp_path), "--name", "taken"])
+    assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_unprepared_dataset_names_the_prepare_command(tmp_path):
+    result = runner.invoke(
+        app, ["train", "--preset", "market", "--root", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--set", "train.device=cpu"]
+    )
+    assert result.exit_code == 2
+    assert "hhcl prepare market1501" in result.output.replace("\n", " ")
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    from hhcl.data import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("clidata")
+    prepare_synthetic(root, ids=10, cams=3, seed=5, height=64, width=32, progress=False)
+    return root
+
+
+def test_tiny_run_writes_log_and_resume_rules(synth_root, tmp_path):
+    sets = ["data.height=64", "data.width=32", "data.batch_size=16", "data.num_instances=4", "model.bn_group=0",
+            "cluster.k1=8", "cluster.k2=3", "cluster.eps=0.7", "cluster.min_samples=3", "train.iters=2",
+            "train.epochs=1", "train.device=cpu"]
+    args = ["train", "--preset", "demo", "--root", str(synth_root), "--runs-dir", str(tmp_path), "--name", "r"]
+    for s in sets:
+        args += ["--set", s]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "r"
+    log = (run / "log.txt").read_text()
+    assert "epoch 0:" in log and "clusters" in log and "eval epoch 0: mAP" in log and "run ok" in log
+    assert (run / "config.toml").read_text().count("[") == 7
+    refused = runner.invoke(app, ["train", "--resume", str(run), "--set", "cluster.eps=0.3"])
+    assert refused.exit_code == 2 and "cluster.eps" in refused.output
+    both = runner.invoke(app, ["train", "--resume", str(run), "--preset", "demo"])
+    assert both.exit_code == 2
+    extended = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=2"])
+    assert extended.exit_code == 0, extended.output
+    assert "eval epoch 1: mAP" in (run / "log.txt").read_text()
