@@ -54,12 +54,14 @@ def faiss_rank(features: torch.Tensor, k: int) -> np.ndarray:
 
 
 def _reciprocal(initial_rank: np.ndarray, i: int, k: int) -> np.ndarray:
+    """R(i, k): the j in initial_rank[i, :k+1] with i in initial_rank[j, :k+1], in rank order."""
     forward = initial_rank[i, : k + 1]
     backward = initial_rank[forward, : k + 1]
     return forward[np.where(backward == i)[0]]
 
 
-def _expanded(initial_rank: np.ndarray, i: int, k1: int, half: list[np.ndarray], full: np.ndarray) -> np.ndarray:
+def _expanded(half: list[np.ndarray], full: np.ndarray) -> np.ndarray:
+    """E(i): R(i) plus every R_half(c), c in R(i), sharing more than 2/3 of itself with R(i); unique."""
     expansion = full
     for candidate in full:
         cand = half[candidate]
@@ -76,7 +78,7 @@ def jaccard_reference(features: torch.Tensor, initial_rank: np.ndarray, k1: int 
     nn_half = [_reciprocal(initial_rank, i, half_k) for i in range(n)]
     v = np.zeros((n, n), dtype=np.float32)
     for i in range(n):
-        e = _expanded(initial_rank, i, k1, nn_half, nn_full[i])
+        e = _expanded(nn_half, nn_full[i])
         dist = 2 - 2 * torch.mm(features[i].unsqueeze(0).contiguous(), features[e].t())
         v[i, e] = torch.softmax(-dist, dim=1).view(-1).numpy()
     if k2 != 1:
@@ -123,7 +125,7 @@ def rerank_reference(
     half_k = int(np.around(k1 / 2.0))
     nn_half = [_reciprocal(initial_rank, i, half_k) for i in range(all_num)]
     for i in range(all_num):
-        e = _expanded(initial_rank, i, k1, nn_half, _reciprocal(initial_rank, i, k1))
+        e = _expanded(nn_half, _reciprocal(initial_rank, i, k1))
         weight = np.exp(-original[i, e])
         v[i, e] = 1.0 * weight / np.sum(weight)
     original = original[:query_num,]

@@ -259,7 +259,7 @@ def validate(cfg: Config) -> Config:
         )
     _check(c.k1 >= 2, "cluster.k1", c.k1, "must be at least 2")
     _check(1 <= c.k2 <= c.k1, "cluster.k2", c.k2, f"must be between 1 and cluster.k1 ({c.k1})")
-    _check(0.0 < c.eps <= 1.0, "cluster.eps", c.eps, "must be in (0, 1] (a Jaccard distance)")
+    _check(0.0 < c.eps < 1.0, "cluster.eps", c.eps, "must be in (0, 1) (a Jaccard distance)")
     _check(c.min_samples >= 1, "cluster.min_samples", c.min_samples, "must be at least 1")
     _choice("cluster.knn_backend", c.knn_backend, KNN_BACKENDS)
     _choice("memory.mode", mem.mode, MEMORY_MODES)

@@ -131,7 +131,6 @@ class _EpochState:
     memory: HybridMemory
     sampler: PKSampler
     aug_gen: torch.Generator
-    n_clusters: int
 
 
 @dataclass
@@ -169,7 +168,6 @@ class Trainer:
         self.main = self.info.rank == 0
         self.stop_requested = False
         self.events = EventWriter(self.run_dir / "events.jsonl", enabled=self.main)
-        self._last_good: Path | None = None
 
     # ------------------------------------------------------------------ events
     def emit(self, type: str, **fields: Any) -> None:
@@ -256,7 +254,6 @@ class Trainer:
             aug_gen=epoch_state.aug_gen.get_state() if epoch_state is not None and it > 0 else None,
         )
         save_state(state, self._ckpt("last.state.pt"))
-        self._last_good = self._ckpt("last.safetensors")
         self.emit("checkpoint", epoch=epoch, iter=it, path=f"{CHECKPOINTS}/last.safetensors", is_best=False)
         if is_best:
             save_weights(self.model, self._ckpt("best.safetensors"), self._metadata(epoch))
@@ -336,7 +333,7 @@ class Trainer:
         if n_clusters == 0:
             raise TrainingError(
                 f"epoch {epoch}: clustering with cluster.eps={cfg.cluster.eps:g} found no clusters "
-                f"(all {n} images are outliers). Try a larger eps (e.g. --set cluster.eps={min(1.0, cfg.cluster.eps + 0.1):g}), "
+                f"(all {n} images are outliers). Try a larger eps (e.g. --set cluster.eps={min(0.95, cfg.cluster.eps + 0.1):g}), "
                 f"a smaller cluster.min_samples ({cfg.cluster.min_samples}), or pretrained weights (model.pretrained=imagenet)."
             )
         return labels
@@ -371,7 +368,7 @@ class Trainer:
             generator=epoch_generator(cfg.train.seed, epoch, 1),
         )
         aug_gen = epoch_generator(cfg.train.seed, epoch, 2, self.device)
-        return _EpochState(labels, memory, iter(sampler), aug_gen, int(labels.max().item()) + 1)
+        return _EpochState(labels, memory, iter(sampler), aug_gen)
 
     def train_epoch(self, epoch: int, state: _EpochState, start_iter: int = 0) -> int:
         """Run iterations ``start_iter..iters-1``; returns the next iteration index (``iters`` when complete)."""

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+T = TypeVar("T")
 BACKENDS = ("auto", "torch", "faiss")
 _CHUNK_BYTES = 96 * 2**20  # one [rows, N] float32 block of the distance matrix
 _PAD = 8  # extra columns fetched so ties at the k-th position can be seen
@@ -189,7 +191,7 @@ def _exact_sq_dist(x: Tensor, rows: Tensor, cand: Tensor) -> Tensor:
     return out
 
 
-def timed(fn, device: torch.device):  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
     """Call fn() and return (result, seconds), synchronising CUDA so the time is the device's."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
