@@ -28,7 +28,7 @@ from hhcl.checkpoint import load_weights, save_weights
 from hhcl.cluster import pseudo_labels
 from hhcl.config import Config, ConfigError, from_dict, validate
 from hhcl.data import ReIDDataset, build_dataset, open_split
-from hhcl.data.augment import TrainAugment
+from hhcl.data.augment import TrainAugment, scaled_pad
 from hhcl.data.sampler import PKSampler, rank_slice
 from hhcl.evaluate import evaluate, extract_features
 from hhcl.events import EventWriter
@@ -207,7 +207,8 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, forward_sync_buffers=True)
         if cfg.train.compile:
             self.net = torch.compile(self.net)
-        self.augment = TrainAugment(cfg.data.height, cfg.data.width)
+        # pad 10 at the reference's 256x128; scaled at other sizes, where a 10-pixel shift would be far larger
+        self.augment = TrainAugment(cfg.data.height, cfg.data.width, pad=scaled_pad(cfg.data.height))
         amp = cfg.train.amp
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
