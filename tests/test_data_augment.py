@@ -148,3 +148,10 @@ def test_deterministic_and_device_checked() -> None:
     assert torch.equal(a, b) and not torch.equal(a, aug(images, torch.Generator().manual_seed(6)))
     with pytest.raises(ValueError, match="expects 32x16"):
         TrainAugment(32, 16)(images, torch.Generator())
+
+
+def test_pad_is_the_references_10_at_256_and_scales_elsewhere() -> None:
+    from hhcl.data.augment import scaled_pad
+
+    assert scaled_pad(256) == 10  # the paper presets' 256x128: exactly the reference's Pad(10)
+    assert (scaled_pad(128), scaled_pad(64), scaled_pad(32)) == (5, 2, 1)
