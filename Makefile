@@ -22,7 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check hhcl hhcl_tui tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_cluster.py --n 12936 --dim 2048
 
 clean:
 	rm -rf $(VENV) build *.egg-info

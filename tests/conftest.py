@@ -19,3 +19,13 @@ def viper_dir() -> Path:
     if not (VIPER_DIR / "VIPeR" / "cam_a").is_dir():
         pytest.skip(f"real VIPeR images not found at {VIPER_DIR}")
     return VIPER_DIR
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A tiny synthetic dataset (12 ids x 3 cameras, cached at 64x32), shared by the training tests."""
+    from hhcl.data import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic-data")
+    prepare_synthetic(root, ids=12, cams=3, seed=3, height=64, width=32, progress=False)
+    return root

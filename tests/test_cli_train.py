@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
+from tiny_run import TINY
 from typer.testing import CliRunner
 
 from hhcl_tui.cli import app
@@ -44,19 +42,8 @@ def test_unprepared_dataset_names_the_prepare_command(tmp_path):
     assert "hhcl prepare market1501" in result.output.replace("\n", " ")
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory) -> Path:
-    from hhcl.data import prepare_synthetic
-
-    root = tmp_path_factory.mktemp("clidata")
-    prepare_synthetic(root, ids=10, cams=3, seed=5, height=64, width=32, progress=False)
-    return root
-
-
 def test_tiny_run_writes_log_and_resume_rules(synth_root, tmp_path):
-    sets = ["data.height=64", "data.width=32", "data.batch_size=16", "data.num_instances=4", "model.bn_group=0",
-            "cluster.k1=8", "cluster.k2=3", "cluster.eps=0.7", "cluster.min_samples=3", "train.iters=2",
-            "train.epochs=1", "train.device=cpu"]
+    sets = [*TINY, "model.bn_group=0", "train.iters=2", "train.epochs=1"]
     args = ["train", "--preset", "demo", "--root", str(synth_root), "--runs-dir", str(tmp_path), "--name", "r"]
     for s in sets:
         args += ["--set", s]

@@ -8,39 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import TINY
 
 from hhcl.config import load_config
 from hhcl.engine import Hook, Trainer, resume_config
 from hhcl.events import read_events
 
-TINY = (
-    "data.height=64",
-    "data.width=32",
-    "data.batch_size=16",
-    "data.num_instances=4",
-    "model.bn_group=8",
-    "cluster.k1=8",
-    "cluster.k2=3",
-    "cluster.eps=0.7",
-    "cluster.min_samples=3",
-    "train.iters=3",
-    "train.epochs=2",
-    "train.eval_every=1",
-    "train.device=cpu",
-)
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory) -> Path:
-    from hhcl.data import prepare_synthetic
-
-    root = tmp_path_factory.mktemp("data")
-    prepare_synthetic(root, ids=12, cams=3, seed=3, height=64, width=32, progress=False)
-    return root
-
 
 def tiny_config(root: Path, *extra: str):
-    return load_config("demo", [f"data.root={root}", *TINY, *extra])
+    return load_config("demo", [f"data.root={root}", *TINY, "model.bn_group=8", "train.eval_every=1", *extra])
 
 
 def fit(cfg, run_dir: Path, **kw):

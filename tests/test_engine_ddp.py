@@ -9,25 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny_run import TINY
 
 from hhcl.config import load_config
 from hhcl.engine import Trainer
 from hhcl.events import read_events
 
-OVERRIDES = (
-    "data.height=64",
-    "data.width=32",
-    "data.batch_size=16",
-    "data.num_instances=4",
-    "cluster.k1=8",
-    "cluster.k2=3",
-    "cluster.eps=0.7",
-    "cluster.min_samples=3",
-    "train.iters=3",
-    "train.epochs=2",
-    "train.eval_every=2",
-    "train.device=cpu",
-)
+OVERRIDES = (*TINY, "train.eval_every=2")
 
 
 def _free_port() -> int:
@@ -48,15 +36,6 @@ def _worker(rank: int, world: int, port: int, root: str, run_dir: str, out: str)
     import torch.distributed as tdist
 
     tdist.destroy_process_group()
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory) -> Path:
-    from hhcl.data import prepare_synthetic
-
-    root = tmp_path_factory.mktemp("ddpdata")
-    prepare_synthetic(root, ids=12, cams=3, seed=3, height=64, width=32, progress=False)
-    return root
 
 
 def test_two_process_gloo_matches_single_process_ghost_bn(synth_root, tmp_path):

@@ -1,0 +1,255 @@
+"""``hhcl prepare``: put a dataset under ``<root>/<name>/``, verify it, and build its uint8 cache.
+
+Steps: extract the archive safely (or link/copy a folder) -> find the dataset's top folder -> verify the layout
+and compare the image counts with the published ones (a mismatch is a warning) -> decode every image, naming
+each corrupt file (an error unless ``skip_corrupt``) while writing the PIL-bicubic cache -> write
+``manifest.json``. Idempotent (a prepared dataset is only re-checked) and resumable (cache chunks, extraction
+into a temporary folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from hhcl.data.archive import UnsafeArchiveError, is_archive, safe_extract
+from hhcl.data.datasets import (
+    MANIFEST,
+    DatasetNotFoundError,
+    DatasetSpec,
+    get_spec,
+    has_layout,
+    read_manifest,
+)
+from hhcl.data.store import CorruptImageError, build_cache, cache_paths
+
+SPLITS = ("train", "query", "gallery")
+EXTRACT_DIR = "files"
+
+
+@dataclass
+class PrepareReport:
+    """What prepare did: where the dataset is, its counts, warnings, skipped files and caches."""
+
+    name: str
+    root: Path
+    top: Path
+    counts: dict[str, int]
+    published: dict[str, int] | None = None
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    caches: list[Path] = field(default_factory=list)
+    extracted: bool = False
+    seconds: float = 0.0
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _candidates(folder: Path, depth: int = 4) -> list[Path]:
+    """``folder`` and its sub-folders, breadth first, up to ``depth`` levels (hidden and cache folders skipped)."""
+    out, level = [], [folder]
+    for _ in range(depth + 1):
+        out += level
+        level = [
+            c
+            for d in level
+            for c in sorted(d.iterdir())
+            if c.is_dir() and not c.name.startswith(".") and c.name != "cache"
+        ]
+    return out
+
+
+def locate_top(folder: Path, spec: DatasetSpec) -> Path:
+    """The dataset's top folder inside ``folder``; a missing sub-folder is an error naming the expected path."""
+    if not any(spec.layouts[0]):  # the folder dataset: descend through single-folder wrappers
+        top = folder
+        while True:
+            entries = [e for e in top.iterdir() if not e.name.startswith(".")]
+            if len(entries) != 1 or not entries[0].is_dir():
+                return top
+            top = entries[0]
+    candidates = _candidates(folder)
+    for cand in candidates:
+        if has_layout(cand, spec):
+            return cand
+    wanted = {d for layout in spec.layouts for d in layout}
+    scored = [
+        (sum((c / d).is_dir() for d in layout), -i, c, layout)
+        for i, c in enumerate(candidates)
+        for layout in spec.layouts
+    ]
+    best = max(scored, key=lambda s: s[:2])
+    if best[0] == 0:
+        raise DatasetNotFoundError(
+            f"no {spec.name} folder found in {folder}: expected a folder like {folder / spec.tops[0]} "
+            f"holding {', '.join(spec.layouts[0])} (any of: {', '.join(sorted(wanted))})"
+        )
+    missing = [str(best[2] / d) for d in best[3] if not (best[2] / d).is_dir()]
+    raise DatasetNotFoundError(f"{spec.name} layout incomplete: missing folder(s) {', '.join(missing)}")
+
+
+def _place(name: str, spec: DatasetSpec, src: Path | None, base: Path, manifest: dict | None, copy: bool):
+    """Extract/link/copy ``src`` into ``base``; returns (top folder, whether something was extracted)."""
+    if src is None:
+        if manifest and (base / manifest["top"]).is_dir():
+            return base / manifest["top"], False
+        return locate_top(base, spec), False
+    src = Path(src).expanduser()
+    if not src.exists():
+        raise FileNotFoundError(
+            f"--src {src} does not exist: give the {name} archive (.zip/.tar[.gz]) or its folder"
+        )
+    source = str(src.resolve())
+    if manifest and manifest.get("source") == source and (base / manifest["top"]).is_dir():
+        return base / manifest["top"], False  # already placed from this source
+    if src.is_file():
+        if not is_archive(src):
+            raise ValueError(f"--src {src} is neither a folder nor a zip/tar archive")
+        marker = base / ".extracted"
+        if marker.is_file() and marker.read_text() == source and (base / EXTRACT_DIR).is_dir():
+            return locate_top(base / EXTRACT_DIR, spec), False  # extracted before, caching was interrupted
+        marker.unlink(missing_ok=True)
+        top = locate_top(safe_extract(src, base / EXTRACT_DIR), spec)
+        marker.write_text(source)
+        return top, True
+    top = locate_top(src, spec)
+    link = base / (top.name if top.name in spec.tops else spec.tops[0])
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    if copy:
+        tmp = link.with_name(link.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(top, tmp, symlinks=False)
+        tmp.rename(link)
+    else:
+        link.symlink_to(top.resolve(), target_is_directory=True)
+    return link, False
+
+
+def prepare_dataset(
+    name: str,
+    src: str | Path | None,
+    root: str | Path,
+    *,
+    height: int = 256,
+    width: int = 128,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+    copy: bool = False,
+    options: dict | None = None,
+) -> PrepareReport:
+    """Place, verify and cache dataset ``name`` from ``src`` (archive or folder; None = already in place) under
+    ``<root>/<name>/``. ``options`` (viper ``seed``, folder ``cam_pattern``) are recorded in the manifest."""
+    start = time.perf_counter()
+    spec = get_spec(name)
+    if name == "synthetic":
+        raise ValueError("the synthetic dataset is generated, not prepared from files: use prepare_synthetic")
+    base = Path(root) / name
+    if src is not None and not Path(src).expanduser().exists():
+        raise FileNotFoundError(
+            f"--src {src} does not exist: give the {name} archive (.zip/.tar[.gz]) or its folder"
+        )
+    base.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(Path(root), name)
+    top, extracted = _place(name, spec, None if src is None else Path(src), base, manifest, copy)
+    opts = {**(manifest or {}).get("options", {}), **(options or {})}
+    return _finish(name, spec, base, top, opts, src, height, width, skip_corrupt, progress, extracted, start)
+
+
+def _finish(
+    name, spec, base, top, opts, src, height, width, skip_corrupt, progress, extracted, start
+) -> PrepareReport:
+    """Parse, compare counts, decode + cache every split, and write the manifest."""
+    splits = dict(zip(SPLITS, spec.parse(top, opts), strict=True))
+    counts = {k: len(v) for k, v in splits.items()}
+    report = PrepareReport(name, base, top, counts, extracted=extracted)
+    if spec.counts:
+        report.published = dict(zip(SPLITS, spec.counts, strict=True))
+        report.warnings += [
+            f"{k}: found {counts[k]:,} images, the published {name} has {report.published[k]:,}"
+            for k in SPLITS
+            if counts[k] != report.published[k]
+        ]
+    if counts["train"] == 0:
+        raise DatasetNotFoundError(f"no train images found in {top}")
+    corrupt: list[str] = []
+    for split, samples in splits.items():
+        if samples:
+            corrupt += build_cache(base, split, samples, height, width, progress=progress)
+            report.caches.append(cache_paths(base, split, height, width)[0])
+    corrupt = sorted(set(corrupt))
+    if corrupt and not skip_corrupt:
+        raise CorruptImageError(
+            corrupt, f"fix or delete them, or re-run with --skip-corrupt to leave them out of {name}"
+        )
+    report.skipped = corrupt
+    report.warnings += [f"skipped corrupt image {p}" for p in corrupt]
+    manifest = {
+        "version": 1,
+        "dataset": name,
+        "top": os.path.relpath(top, base),
+        "source": str(Path(src).resolve()) if src is not None else None,
+        "options": opts,
+        "counts": counts,
+        "published": report.published,
+        "skipped": [os.path.relpath(p, top) for p in corrupt],
+        "caches": [f"{height}x{width}"],
+    }
+    old = read_manifest(base.parent, name) or {}
+    if old.get("top") == manifest["top"]:
+        manifest["caches"] = sorted(set(old.get("caches", [])) | set(manifest["caches"]))
+    _write_json(base / MANIFEST, manifest)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def prepare_synthetic(
+    root: str | Path,
+    *,
+    ids: int = 100,
+    cams: int = 4,
+    seed: int = 0,
+    height: int = 128,
+    width: int = 64,
+    progress: bool = True,
+) -> PrepareReport:
+    """Generate the synthetic people (Market layout, deterministic in ``seed``) under ``<root>/synthetic/`` and
+    cache them at ``height`` x ``width`` (default: the native 128x64). Regenerates only when the parameters change."""
+    from hhcl.data.synthetic import generate
+
+    start = time.perf_counter()
+    spec = get_spec("synthetic")
+    base = Path(root) / "synthetic"
+    top = base / spec.tops[0]
+    opts = {"ids": ids, "cams": cams, "seed": seed}
+    manifest = read_manifest(Path(root), "synthetic")
+    fresh = not (manifest and manifest.get("options") == opts and has_layout(top, spec))
+    if fresh:
+        files = generate(ids, cams, seed)
+        tmp = top.with_name(top.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in ("bounding_box_train", "query", "bounding_box_test"):
+            (tmp / folder).mkdir(parents=True)
+        for folder, fname, img in files:
+            Image.fromarray(np.ascontiguousarray(img)).save(tmp / folder / fname, quality=95)
+        (base / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(base / "cache", ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)
+        tmp.rename(top)
+    return _finish("synthetic", spec, base, top, opts, None, height, width, False, progress, fresh, start)
+
+
+__all__ = ["PrepareReport", "UnsafeArchiveError", "locate_top", "prepare_dataset", "prepare_synthetic"]

@@ -1,0 +1,130 @@
+"""Camera-aware PK sampling: the reference's ``RandomMultipleGallerySampler`` (reference 1.2 step 6, quirk #20).
+
+One pass visits the clusters in a random order; each cluster emits one contiguous block: a uniformly drawn
+anchor, then ``num_instances - 1`` members drawn from those on *another camera* than the anchor (without
+replacement when at least ``num_instances`` exist, else with replacement); when every member shares the
+anchor's camera, from the other members under the same rule; a single-member cluster emits only the anchor.
+Passes are concatenated into an endless stream of ``batch_size`` batches, each pass's tail dropped (the
+reference's DataLoader(drop_last) re-created by IterLoader). Python's/NumPy's uniform choices are replaced by
+draws from a torch generator with the same distributions; a pass is vectorised (no loop over samples).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class PKSampler:
+    """Endless deterministic stream of LongTensor [batch_size] batches of store indices (see module doc)."""
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        camids: torch.Tensor,
+        *,
+        num_instances: int,
+        batch_size: int,
+        generator: torch.Generator,
+    ):
+        if labels.shape != camids.shape or labels.dim() != 1:
+            raise ValueError(
+                f"labels {tuple(labels.shape)} and camids {tuple(camids.shape)} must be equal 1-d shapes"
+            )
+        if num_instances < 1 or batch_size < 1:
+            raise ValueError(f"num_instances ({num_instances}) and batch_size ({batch_size}) must be >= 1")
+        if not same_device(generator.device, labels.device):
+            raise ValueError(f"the generator is on {generator.device} but the labels are on {labels.device}")
+        self.num_instances, self.batch_size, self.generator = num_instances, batch_size, generator
+        self.camids = camids.to(labels.device).long()
+        valid = torch.nonzero(labels >= 0).squeeze(1)
+        # clusters in first-appearance order of the store (the reference's dict of pids)
+        uniq, inverse = torch.unique(labels[valid], return_inverse=True)
+        first = torch.full((len(uniq),), len(labels), dtype=torch.long, device=labels.device)
+        first.scatter_reduce_(0, inverse, valid, reduce="amin")
+        rank = torch.empty_like(first)
+        rank[torch.argsort(first)] = torch.arange(len(uniq), device=labels.device)
+        cluster = rank[inverse]
+        order = torch.argsort(cluster, stable=True)  # members grouped by cluster, store order inside
+        self.members = valid[order]
+        self.member_cluster = cluster[order]
+        self.sizes = torch.bincount(cluster, minlength=len(uniq))
+        self.offsets = torch.cumsum(self.sizes, 0) - self.sizes
+        self.num_clusters = len(uniq)
+        per_pass = (
+            int(torch.where(self.sizes > 1, num_instances, 1).sum())
+            if num_instances > 1
+            else self.num_clusters
+        )
+        if per_pass < batch_size:
+            raise ValueError(
+                f"one sampler pass yields {per_pass} images ({self.num_clusters} clusters) but a batch needs "
+                f"{batch_size}: lower data.batch_size or get more clusters"
+            )
+        self._buffer = torch.empty(0, dtype=torch.long, device=labels.device)
+
+    def sample_pass(self) -> torch.Tensor:
+        """One pass of the reference sampler: the concatenated cluster blocks, in a random cluster order."""
+        gen, dev, k = self.generator, self.members.device, self.num_instances - 1
+        n_clusters = self.num_clusters
+        perm = torch.randperm(n_clusters, generator=gen, device=dev)
+        anchor_pos = self.offsets + (torch.rand(n_clusters, generator=gen, device=dev) * self.sizes).long()
+        anchor_pos = torch.minimum(anchor_pos, self.offsets + self.sizes - 1)
+        anchor = self.members[anchor_pos]
+        if k == 0:
+            return anchor[perm]
+        m_cluster = self.member_cluster
+        other_cam = self.camids[self.members] != self.camids[anchor][m_cluster]
+        n_other_cam = torch.zeros(n_clusters, dtype=torch.long, device=dev).index_add_(
+            0, m_cluster, other_cam.long()
+        )
+        not_anchor = torch.arange(len(self.members), device=dev) != anchor_pos[m_cluster]
+        use_cam = n_other_cam > 0
+        eligible = torch.where(use_cam[m_cluster], other_cam, not_anchor)
+        pool = torch.where(use_cam, n_other_cam, self.sizes - 1)
+        # eligible members first (random order) inside each cluster segment
+        key = (
+            m_cluster.double() * 4
+            + (~eligible).double() * 2
+            + torch.rand(len(m_cluster), generator=gen, device=dev, dtype=torch.float64)
+        )
+        shuffled = self.members[torch.argsort(key)]
+        replace = pool < self.num_instances
+        draw = (
+            torch.rand(n_clusters, k, generator=gen, device=dev, dtype=torch.float64) * pool[:, None]
+        ).long()
+        draw = torch.minimum(draw, (pool[:, None] - 1).clamp_min(0))
+        slot = torch.where(replace[:, None], draw, torch.arange(k, device=dev).expand(n_clusters, k))
+        picks = shuffled[(self.offsets[:, None] + slot).clamp_max(len(shuffled) - 1)]
+        blocks = torch.cat([anchor[:, None], picks], 1)[perm]
+        keep = torch.ones_like(blocks, dtype=torch.bool)
+        keep[:, 1:] = (pool > 0)[perm][:, None]
+        return blocks[keep]
+
+    def __iter__(self) -> PKSampler:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        while len(self._buffer) < self.batch_size:
+            fresh = self.sample_pass()
+            usable = len(fresh) - len(fresh) % self.batch_size
+            self._buffer = torch.cat([self._buffer, fresh[:usable]])
+        batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
+        return batch
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same (``cuda`` and ``cuda:0`` count as equal for the current device)."""
+    if a.type != b.type:
+        return False
+    current = torch.cuda.current_device() if a.type == "cuda" else 0
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+
+
+def rank_slice(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank ``rank``'s contiguous share of a global batch (DataParallel's chunking, reference 5.3)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+    if len(batch) % world_size:
+        raise ValueError(f"batch of {len(batch)} does not split evenly over {world_size} ranks")
+    per = len(batch) // world_size
+    return batch[rank * per : (rank + 1) * per]

@@ -1,0 +1,267 @@
+"""Image storage: decode + PIL-bicubic resize once into a memory-mappable uint8 cache; gather batches on the device.
+
+The reference's first transform is ``Resize((H, W), interpolation=PIL.BICUBIC)``: deterministic, so it is done
+once per image (quirk #7). A cache is ``<dataset>/cache/<split>_<H>x<W>.npy`` (uint8 [N, 3, H, W]) plus a
+``.json`` index of the relative paths of its rows; it is built in chunks into ``.partial`` files whose
+``done`` counter makes an interrupted build resume, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hhcl.data.datasets import ReIDDataset, Sample
+
+CHUNK = 512
+
+
+class CorruptImageError(ValueError):
+    """One or more images cannot be decoded; the message names every file."""
+
+    def __init__(self, paths: Sequence[str], hint: str = ""):
+        self.paths = list(paths)
+        shown = "\n  ".join(self.paths[:20]) + ("\n  ..." if len(self.paths) > 20 else "")
+        super().__init__(f"{len(self.paths)} corrupt image(s):\n  {shown}" + (f"\n{hint}" if hint else ""))
+
+
+def load_image(path: str | Path, height: int, width: int) -> np.ndarray:
+    """Decode ``path`` as RGB and resize with PIL bicubic (the reference's first transform): uint8 [3, H, W]."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB").resize((width, height), Image.BICUBIC)
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def try_load(path: str, height: int, width: int) -> np.ndarray | None:
+    """``load_image``, or None when the file is corrupt or unreadable."""
+    try:
+        return load_image(path, height, width)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def decode_batch(
+    paths: Sequence[str], height: int, width: int, pool: ThreadPoolExecutor | None = None
+) -> np.ndarray:
+    """Decode ``paths`` into uint8 [B, 3, H, W] (raises CorruptImageError naming the bad files)."""
+    arrays = (
+        list(pool.map(lambda p: try_load(p, height, width), paths))
+        if pool
+        else [try_load(p, height, width) for p in paths]
+    )
+    bad = [p for p, a in zip(paths, arrays, strict=True) if a is None]
+    if bad:
+        raise CorruptImageError(bad)
+    return np.stack(arrays) if arrays else np.zeros((0, 3, height, width), np.uint8)
+
+
+def cache_paths(dataset_dir: Path, split: str, height: int, width: int) -> tuple[Path, Path]:
+    """The (array, index) files of a split's cache at ``height`` x ``width``."""
+    stem = Path(dataset_dir) / "cache" / f"{split}_{height}x{width}"
+    return stem.with_suffix(".npy"), stem.with_suffix(".json")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def read_cache_index(dataset_dir: Path, split: str, height: int, width: int) -> list[str] | None:
+    """The relative paths of a complete cache's rows, or None when there is no complete cache."""
+    arr_path, idx_path = cache_paths(dataset_dir, split, height, width)
+    if not (arr_path.is_file() and idx_path.is_file()):
+        return None
+    try:
+        index = json.loads(idx_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return index["paths"] if index.get("complete") else None
+
+
+def build_cache(
+    dataset_dir: Path,
+    split: str,
+    samples: Sequence[Sample],
+    height: int,
+    width: int,
+    *,
+    progress: bool = True,
+    workers: int | None = None,
+) -> list[str]:
+    """Decode + resize every sample into the split's cache (resumable); returns the corrupt paths (rows zeroed).
+
+    Idempotent: a complete cache holding exactly these paths is left as is.
+    """
+    dataset_dir = Path(dataset_dir)
+    rel = [os.path.relpath(s.path, dataset_dir) for s in samples]
+    arr_path, idx_path = cache_paths(dataset_dir, split, height, width)
+    existing = read_cache_index(dataset_dir, split, height, width)
+    if existing == rel:
+        return json.loads(idx_path.read_text()).get("corrupt", [])
+    arr_path.parent.mkdir(parents=True, exist_ok=True)
+    part_arr = arr_path.with_name(arr_path.stem + ".partial.npy")
+    part_idx = idx_path.with_name(idx_path.stem + ".partial.json")
+    state = {"paths": rel, "done": 0, "corrupt": []}
+    if part_arr.is_file() and part_idx.is_file():
+        try:
+            old = json.loads(part_idx.read_text())
+            if old.get("paths") == rel:
+                state = old
+        except json.JSONDecodeError:
+            pass
+    shape = (len(samples), 3, height, width)
+    if state["done"] == 0 or not part_arr.is_file():
+        state["done"], state["corrupt"] = 0, []
+        array = np.lib.format.open_memmap(part_arr, mode="w+", dtype=np.uint8, shape=shape)
+    else:
+        array = np.load(part_arr, mmap_mode="r+")
+    paths = [s.path for s in samples]
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool, _progress(progress) as bar:
+        task = bar.add_task(f"caching {split} {height}x{width}", total=len(paths), completed=state["done"])
+        for start in range(state["done"], len(paths), CHUNK):
+            chunk = paths[start : start + CHUNK]
+            for offset, img in enumerate(pool.map(lambda p: try_load(p, height, width), chunk)):
+                if img is None:
+                    state["corrupt"].append(chunk[offset])
+                    array[start + offset] = 0
+                else:
+                    array[start + offset] = img
+            array.flush()
+            state["done"] = start + len(chunk)
+            _write_json(part_idx, state)
+            bar.update(task, completed=state["done"])
+    del array
+    os.replace(part_arr, arr_path)
+    _write_json(idx_path, {"paths": rel, "complete": True, "corrupt": state["corrupt"]})
+    part_idx.unlink(missing_ok=True)
+    return state["corrupt"]
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+class ImageStore:
+    """One split's images in the order of its samples: gathers uint8 [B, 3, H, W] batches on ``device``.
+
+    Backed by the memory-mapped cache (optionally copied whole onto the device), or by PIL decoding per
+    gather when there is no cache.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        height: int,
+        width: int,
+        device: torch.device | str,
+        array: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+        resident: bool = False,
+    ):
+        self.samples = list(samples)
+        self.height, self.width = height, width
+        self.device = torch.device(device)
+        self._array, self._rows = array, rows
+        self._pool: ThreadPoolExecutor | None = None
+        self._resident: torch.Tensor | None = None
+        if array is not None and resident:
+            self._resident = torch.from_numpy(self._host(np.arange(len(self.samples)))).to(self.device)
+        self._pids = torch.tensor([s.pid for s in self.samples], dtype=torch.long, device=self.device)
+        self._camids = torch.tensor([s.camid for s in self.samples], dtype=torch.long, device=self.device)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def pids(self) -> torch.Tensor:
+        """LongTensor [N] of the samples' pids, on ``device``."""
+        return self._pids
+
+    @property
+    def camids(self) -> torch.Tensor:
+        """LongTensor [N] of the samples' zero-based camera ids, on ``device``."""
+        return self._camids
+
+    @property
+    def cached(self) -> bool:
+        """Whether gathers read the uint8 cache (rather than decoding files)."""
+        return self._array is not None
+
+    def _host(self, idx: np.ndarray) -> np.ndarray:
+        if self._array is not None:
+            rows = self._rows[idx] if self._rows is not None else idx
+            order = np.argsort(rows, kind="stable")  # read the memmap in file order
+            out = np.empty((len(rows), 3, self.height, self.width), np.uint8)
+            out[order] = self._array[rows[order]]
+            return out
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
+        return decode_batch([self.samples[i].path for i in idx.tolist()], self.height, self.width, self._pool)
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] images of store indices ``idx``, on ``device``."""
+        if self._resident is not None:
+            return self._resident[idx.to(self.device)]
+        host = torch.from_numpy(self._host(idx.cpu().numpy().astype(np.int64)))
+        if self.device.type == "cuda":
+            return host.pin_memory().to(self.device, non_blocking=True)
+        return host.to(self.device)
+
+
+def open_split(
+    dataset: ReIDDataset,
+    split: str,
+    *,
+    height: int,
+    width: int,
+    device: torch.device | str,
+    cache: bool = True,
+    resident: bool | None = None,
+    progress: bool = True,
+) -> ImageStore:
+    """An ImageStore over ``dataset``'s ``split`` at ``height`` x ``width``.
+
+    Uses the cache when present; with ``cache=True`` builds a missing one first (idempotent). ``resident``
+    (default: on CUDA when the split fits in a quarter of free memory) copies the whole split onto the device.
+    """
+    samples = dataset.split(split)
+    device = torch.device(device)
+    base = dataset.root
+    index = read_cache_index(base, split, height, width)
+    rels = [os.path.relpath(s.path, base) for s in samples]
+    if cache and (index is None or not set(rels) <= set(index)):
+        corrupt = build_cache(base, split, samples, height, width, progress=progress)
+        if corrupt:
+            raise CorruptImageError(
+                corrupt, f"re-run `hhcl prepare {dataset.name} ... --skip-corrupt` to skip them"
+            )
+        index = rels
+    if index is None or not set(rels) <= set(index):
+        return ImageStore(samples, height, width, device)
+    arr_path, _ = cache_paths(base, split, height, width)
+    array = np.load(arr_path, mmap_mode="r")
+    position = {p: i for i, p in enumerate(index)}
+    rows = None if index == rels else np.array([position[r] for r in rels], np.int64)
+    if resident is None:
+        resident = (
+            device.type == "cuda"
+            and len(samples) * 3 * height * width < torch.cuda.mem_get_info(device)[0] // 4
+        )
+    return ImageStore(samples, height, width, device, array=array, rows=rows, resident=resident)
