@@ -87,7 +87,7 @@ def main() -> None:
     p.add_argument("--k1", type=int, default=30)
     p.add_argument("--k2", type=int, default=6)
     p.add_argument("--eps", type=float, default=0.45)
-    p.add_argument("--backend", default="torch", choices=["auto", "torch", "faiss"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeat", type=int, default=2, help="calls per fast variant; the last (warm) one is timed")
