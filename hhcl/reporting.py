@@ -112,10 +112,12 @@ class ConsoleReporter(Hook):
             self.line(f"error: {event['message']}")
         elif kind == "run_end":
             self._stop_bar()
-            self.line(
-                f"run {event['status']}: best mAP {100 * event['best_mAP']:.1f} (epoch {event['best_epoch']}), "
-                f"{event['elapsed']:.0f} s"
+            best = (
+                f"best mAP {100 * event['best_mAP']:.1f} (epoch {event['best_epoch']})"
+                if event["best_epoch"] >= 0
+                else "no evaluation yet"
             )
+            self.line(f"run {event['status']}: {best}, {event['elapsed']:.0f} s")
             self._log.close()
 
     def after_step(self, trainer: Trainer, epoch: int, it: int) -> None:
