@@ -87,12 +87,15 @@ def parse_lines(text: str) -> list[dict[str, Any]]:
     return events
 
 
+def events_path(path: str | os.PathLike[str]) -> Path:
+    """The log file itself, or ``<run_dir>/events.jsonl`` for a run directory (which may not exist yet)."""
+    path = Path(path)
+    return path if path.suffix == ".jsonl" else path / EVENTS_FILE
+
+
 def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """All complete events of a log file (or of ``<run_dir>/events.jsonl`` when given a directory)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / EVENTS_FILE
-    return parse_lines(path.read_text(encoding="utf-8"))
+    return parse_lines(events_path(path).read_text(encoding="utf-8"))
 
 
 class EventTail:
@@ -102,8 +105,7 @@ class EventTail:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        path = Path(path)
-        self.path = path / EVENTS_FILE if path.is_dir() else path
+        self.path = events_path(path)
         self._offset = 0
 
     def poll(self) -> list[dict[str, Any]]:
