@@ -114,7 +114,7 @@ def speed_text(state: RunState) -> Text:
 def loss_title(state: RunState) -> str:
     if state.loss is None:
         return "Loss"
-    parts = f" = hard {state.loss_hard:.3f} + mean {state.loss_mean:.3f}" if (
+    parts = f" (CE hard {state.loss_hard:.3f}, CE mean {state.loss_mean:.3f})" if (
         state.loss_hard is not None and state.loss_mean is not None
     ) else ""
     return f"Loss {state.loss:.3f}{parts}"
