@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
+from stores import TinyStore
 from torch import nn
 
 from hhcl.evaluate import evaluate, evaluate_features, extract_features, pairwise_sq_dist, rank_metrics
@@ -144,20 +145,6 @@ def test_pairwise_sq_dist_matches_cdist():
                                atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="features"):
         pairwise_sq_dist(x, torch.randn(3, 8))
-
-
-class TinyStore:
-    """In-memory image store with the ImageStore interface (uint8 [N, 3, H, W])."""
-
-    def __init__(self, images, pids, camids):
-        self.images, self.device = images, images.device
-        self.pids, self.camids = torch.as_tensor(pids), torch.as_tensor(camids)
-
-    def __len__(self):
-        return len(self.images)
-
-    def gather(self, idx):
-        return self.images[idx]
 
 
 class TinyNet(nn.Module):

@@ -10,23 +10,12 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score
+from stores import TinyStore
 from typer.testing import CliRunner
 
 from hhcl.evaluate import extract_features
 from hhcl.visualize import MATCH, MISS, ranklist_image, sample_queries, save_ranklists
 from hhcl_tui.cli import app
-
-
-class Store:
-    def __init__(self, images, pids, camids):
-        self.images, self.device = images, images.device
-        self.pids, self.camids = torch.as_tensor(pids), torch.as_tensor(camids)
-
-    def __len__(self):
-        return len(self.images)
-
-    def gather(self, idx):
-        return self.images[idx]
 
 
 def naive_map_r1(dist, q_pids, g_pids, q_cams, g_cams):
@@ -55,8 +44,8 @@ def test_ranklist_borders_and_layout():
 
 def test_save_ranklists_skips_same_camera_copies(tmp_path):
     images = torch.randint(0, 256, (6, 3, 16, 8), dtype=torch.uint8)
-    qs = Store(images[:2], [1, 2], [0, 0])
-    gs = Store(images[2:], [1, 1, 2, 3], [0, 1, 1, 1])  # gallery 0 is query 0's same-camera copy
+    qs = TinyStore(images[:2], [1, 2], [0, 0])
+    gs = TinyStore(images[2:], [1, 1, 2, 3], [0, 1, 1, 1])  # gallery 0 is query 0's same-camera copy
     dist = torch.tensor([[0.0, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1]])
     paths = save_ranklists(dist, [0, 1], qs, gs, topk=3, out_dir=tmp_path / "rl")
     assert [p.name for p in paths] == ["q00000_pid1_miss.png", "q00001_pid2_miss.png"]
