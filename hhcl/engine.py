@@ -182,6 +182,11 @@ class Trainer:
         torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
         torch.backends.cudnn.allow_tf32 = cfg.train.tf32
         seed_everything(cfg.train.seed)
+        if cfg.data.batch_size % self.info.world_size:
+            raise ConfigError(
+                f"data.batch_size = {cfg.data.batch_size} does not split evenly over {self.info.world_size} processes: "
+                "use a multiple of the process count (each rank trains on a contiguous slice of the global batch)."
+            )
         self.dataset: ReIDDataset = build_dataset(cfg.data.dataset, cfg.data.root)
         size = {"height": cfg.data.height, "width": cfg.data.width, "device": self.device, "cache": cfg.data.cache}
         self.train_store = open_split(self.dataset, "train", **size)
@@ -361,13 +366,16 @@ class Trainer:
             memory = HybridMemory(torch.zeros(n_clusters, saved.shape[1]), **mem_kw)
             memory.load_state_dict(self._resume_state.memory)
         memory = memory.to(self.device)
-        sampler = PKSampler(
-            labels.cpu(),
-            self.train_store.camids.cpu(),
-            num_instances=cfg.data.num_instances,
-            batch_size=cfg.data.batch_size,
-            generator=epoch_generator(cfg.train.seed, epoch, 1),
-        )
+        try:
+            sampler = PKSampler(
+                labels.cpu(),
+                self.train_store.camids.cpu(),
+                num_instances=cfg.data.num_instances,
+                batch_size=cfg.data.batch_size,
+                generator=epoch_generator(cfg.train.seed, epoch, 1),
+            )
+        except ValueError as err:  # too few clusters for one batch
+            raise TrainingError(f"epoch {epoch}: {err} (clustered with cluster.eps={cfg.cluster.eps:g})") from None
         aug_gen = epoch_generator(cfg.train.seed, epoch, 2, self.device)
         return _EpochState(labels, memory, iter(sampler), aug_gen)
 

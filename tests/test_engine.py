@@ -166,3 +166,10 @@ def test_supervised_mode_uses_ground_truth_ids(synth_root, tmp_path):
 
     ds = build_dataset("synthetic", synth_root)
     assert cluster["n_clusters"] == len({s.pid for s in ds.train}) and cluster["n_outliers"] == 0
+
+
+def test_too_few_clusters_for_a_batch_is_a_training_error(synth_root, tmp_path):
+    cfg = tiny_config(synth_root, "data.batch_size=512", "data.num_instances=16", "model.bn_group=0")
+    result = fit(cfg, tmp_path / "few")
+    assert result.status == "error"
+    assert "lower data.batch_size" in result.message and "cluster.eps=0.7" in result.message
