@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
@@ -26,7 +27,7 @@ from torch import nn
 from hhcl import distributed as dist
 from hhcl.checkpoint import load_weights, save_weights
 from hhcl.cluster import pseudo_labels
-from hhcl.config import Config, ConfigError, from_dict, validate
+from hhcl.config import Config, ConfigError, load_config, validate
 from hhcl.data import ReIDDataset, build_dataset, open_split
 from hhcl.data.augment import TrainAugment, scaled_pad
 from hhcl.data.sampler import PKSampler, rank_slice
@@ -92,14 +93,9 @@ def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | s
 
 def resume_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
     """The run's saved config plus the overrides allowed on resume; any other override is refused by name."""
-    import tomllib
-
-    path = run_dir / CONFIG_FILE
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"cannot resume '{run_dir}': {path} is missing (is it a run directory?).")
-    cfg = from_dict(tomllib.loads(path.read_text(encoding="utf-8")), source=str(path))
-    from hhcl.config import apply_overrides
-
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         if key not in RESUMABLE_KEYS:
@@ -107,8 +103,7 @@ def resume_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
                 f"--set {item}: '{key}' cannot change on resume (it would change what the run computes); "
                 f"allowed on resume: {', '.join(RESUMABLE_KEYS)}. Start a new run to change it."
             )
-    apply_overrides(cfg, list(overrides))
-    return validate(cfg)
+    return load_config(path, list(overrides))
 
 
 class _Shard:
@@ -575,8 +570,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _install_sigint(trainer: Trainer) -> Any:
     """First Ctrl-C asks the loop to stop after the current step; a second one interrupts at once."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return None
 
