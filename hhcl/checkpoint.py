@@ -7,11 +7,9 @@ with ``torch.load(weights_only=True)``: tensors and plain data only, never arbit
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
+
+from hhcl.run.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
     from hhcl.config import Config
@@ -99,29 +99,6 @@ class ModelInfo:
 
 def _names(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` through a temporary file and ``os.replace`` (readable with ``weights_only=True``)."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike[str], metadata: Mapping[str, str]) -> None:

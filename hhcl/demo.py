@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hhcl.checkpoint import atomic_write_bytes
+from hhcl.run.atomic import atomic_write_bytes
 from hhcl.config import load_config
 from hhcl.data import DatasetNotFoundError, build_dataset, open_split, prepare_synthetic
 from hhcl.engine import Trainer, resolve_device, seed_everything

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from hhcl.checkpoint import CheckpointError, ModelInfo, atomic_write_bytes, load_model, save_weights
+from hhcl.checkpoint import CheckpointError, ModelInfo, load_model, save_weights
+from hhcl.run.atomic import atomic_write_bytes
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hhcl.checkpoint import atomic_torch_save
+from hhcl.run.atomic import atomic_torch_save
 
 
 @dataclass

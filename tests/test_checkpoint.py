@@ -13,8 +13,6 @@ from torch import nn
 
 from hhcl.checkpoint import (
     CheckpointError,
-    atomic_torch_save,
-    atomic_write_bytes,
     load_model,
     load_state_dict,
     load_weights,
@@ -179,22 +177,3 @@ def test_corrupt_and_incompatible_checkpoints_give_clear_errors(tmp_path: Path) 
     with pytest.raises(CheckpointError, match="no 'base.0.weight'"):
         torch.save({"state_dict": {"module.fc.weight": torch.zeros(2, 2)}}, tmp_path / "other.pth")
         load_model(tmp_path / "other.pth")
-
-
-def test_atomic_writes_leave_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "sub" / "file.bin"
-    atomic_write_bytes(target, b"first")
-    atomic_write_bytes(target, b"second")
-    assert target.read_bytes() == b"second"
-
-    def broken(src: str, dst: str) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", broken)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_torch_save({"a": torch.ones(2)}, target)
-    monkeypatch.undo()
-    assert target.read_bytes() == b"second"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
-    atomic_torch_save({"a": torch.ones(2)}, target)
-    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(2))

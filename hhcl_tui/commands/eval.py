@@ -39,7 +39,8 @@ def eval_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
 ) -> None:
     """Evaluate a model on a dataset's query/gallery split: mAP, R1, R5, R10 (the reference's protocol)."""
-    from hhcl.checkpoint import CheckpointError, atomic_write_bytes
+    from hhcl.checkpoint import CheckpointError
+    from hhcl.run.atomic import atomic_write_bytes
     from hhcl.config import ConfigError
     from hhcl.data import CorruptImageError, DatasetFormatError, DatasetNotFoundError
     from hhcl.evaluate import EvalError, evaluate_checkpoint

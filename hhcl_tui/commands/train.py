@@ -122,7 +122,7 @@ def _with_root(sets: list[str] | None, root: Path | None) -> list[str]:
 
 def run_training(cfg: Config, run_dir: Path, *, preset: str | None, resume: bool) -> int:
     """Create the run directory (rank 0), train with console reporting, return the exit code."""
-    from hhcl.checkpoint import atomic_write_bytes
+    from hhcl.run.atomic import atomic_write_bytes
     from hhcl.data import DatasetNotFoundError
     from hhcl.engine import Trainer
     from hhcl.reporting import ConsoleReporter

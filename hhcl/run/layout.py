@@ -1,0 +1,127 @@
+"""Run directory layout: ``<runs_dir>/<name>/{config.toml, events.jsonl, log.txt, run.lock, checkpoints/}``.
+
+Every file name of a run lives here; the rest of hhcl asks :class:`RunLayout` for paths.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_FILE = "config.toml"
+EVENTS_FILE = "events.jsonl"
+LOG_FILE = "log.txt"
+LOCK_FILE = "run.lock"
+CHECKPOINTS = "checkpoints"
+LAST_WEIGHTS = "last.safetensors"
+LAST_STATE = "last.state.pt"
+BEST_WEIGHTS = "best.safetensors"
+COMMIT_FILE = "last.commit"  # the checkpoint pair's commit record (exists only while a pair is being renamed)
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked; the message names it and says what to do instead."""
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run directory."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> RunLayout:
+        """The layout of a run directory, or of the run an ``events.jsonl`` path belongs to."""
+        path = Path(path)
+        return cls(path.parent if path.name == EVENTS_FILE else path)
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def events(self) -> Path:
+        return self.root / EVENTS_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.root / LOG_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def last_weights(self) -> Path:
+        return self.checkpoints / LAST_WEIGHTS
+
+    @property
+    def last_state(self) -> Path:
+        return self.checkpoints / LAST_STATE
+
+    @property
+    def best_weights(self) -> Path:
+        return self.checkpoints / BEST_WEIGHTS
+
+    @property
+    def commit(self) -> Path:
+        return self.checkpoints / COMMIT_FILE
+
+    def has_checkpoint(self) -> bool:
+        """Whether a training checkpoint (a pair, or a pair still being committed) is on disk."""
+        return self.commit.is_file() or self.last_weights.is_file() or self.last_state.is_file()
+
+    def is_run(self) -> bool:
+        """Whether the folder looks like a run directory (it has a config or an event log)."""
+        return self.config.is_file() or self.events.is_file()
+
+
+def default_run_name(dataset: str, arch: str, preset: str | None = None) -> str:
+    """``<preset or dataset>-<arch>-<YYYYmmdd-HHMMSS>``: sortable and says what ran."""
+    stem = preset if preset and not preset.endswith(".toml") else dataset
+    return f"{Path(stem).stem}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_runs_dir(runs_dir: str | os.PathLike[str]) -> Path:
+    """``--runs-dir`` must be a folder we can write in (or creatable): else :class:`RunDirError`."""
+    runs = Path(runs_dir)
+    if runs.exists() and not runs.is_dir():
+        raise RunDirError(f"--runs-dir '{runs}' is a file, not a folder: give a folder for run directories.")
+    existing = runs
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(
+            f"--runs-dir '{runs}' is not writable ('{existing}' does not allow creating files): "
+            "give a folder you can write to."
+        )
+    return runs
+
+
+def plan_run_dir(runs_dir: str | os.PathLike[str], name: str) -> Path:
+    """The directory a new run would use.
+
+    A fresh name, an empty folder, or a run that ended before its first checkpoint (nothing to resume) can be
+    (re)started; a run with a checkpoint is refused (continue it with ``--resume``), and so is a folder that is
+    not a run directory. Whether another process holds the run is the lock's business (:mod:`hhcl.run.lock`).
+    """
+    path = check_runs_dir(runs_dir) / name
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"'{path}' exists and is a file: pick another --name.")
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    layout = RunLayout(path)
+    if layout.has_checkpoint():
+        raise RunDirError(
+            f"run directory '{path}' already exists and has a checkpoint: pick another --name, "
+            f"or continue it with: hhcl train --resume {path}"
+        )
+    if not layout.is_run():
+        raise RunDirError(f"'{path}' exists and is not a run directory (no {CONFIG_FILE}, no {EVENTS_FILE}): pick another --name.")
+    return path
