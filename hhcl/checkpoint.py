@@ -1,37 +1,31 @@
-"""Atomic save/load of model weights: our safetensors checkpoints and the HHCL authors' ``.pth.tar`` files.
+"""Weight files in and out: our safetensors checkpoints, the HHCL authors' ``.pth.tar`` files, ImageNet backbones.
 
 Weights are written as safetensors (no pickle) through a temporary file and ``os.replace``, so a crash never
-leaves a half-written file. ``.pth``/``.pth.tar`` files (the authors' checkpoints, ImageNet backbones) are read
-with ``torch.load(weights_only=True)``: tensors and plain data only, never arbitrary objects.
+leaves a half-written file. ``.pth``/``.pth.tar`` files (the authors' checkpoints, torchvision's and IBN-Net's
+ImageNet files) are read with ``torch.load(weights_only=True)``: tensors and plain data only, never arbitrary
+objects. This module knows weight files, not models: building a model from a run is :mod:`hhcl.models.loading`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from hhcl.run.atomic import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from hhcl.config import Config
-    from hhcl.models import ReIDNet
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from hhcl.run.layout import BEST_WEIGHTS, CHECKPOINTS, LAST_WEIGHTS, RunLayout
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".tar")
-CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
+CHECKPOINT_NAMES = (BEST_WEIGHTS, LAST_WEIGHTS)  # in order of preference
 # torchvision / IBN-Net backbone names -> positions in the reference's ``base`` Sequential.
 _BACKBONE_TO_BASE = {
     "conv1": "base.0",
@@ -83,33 +77,17 @@ class LoadReport:
         return "; ".join(parts)
 
 
-@dataclass
-class ModelInfo:
-    """How a loaded model was built and where it came from."""
-
-    arch: str
-    pooling: str
-    height: int
-    width: int
-    num_features: int
-    source: str
-    config: Config | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
 def _names(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike[str], metadata: Mapping[str, str]) -> None:
     """Save ``model.state_dict()`` as safetensors with string ``metadata`` in the header, atomically."""
-    from safetensors.torch import save
-
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise TypeError(f"safetensors metadata must map str to str; convert these keys' values: {bad}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(tensors, metadata=dict(metadata)))
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=dict(metadata)))
 
 
 def _torch_load(path: Path) -> Any:
@@ -135,17 +113,16 @@ def _torch_load(path: Path) -> Any:
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of a weight file, keys normalised to our model's names.
 
-    Accepts safetensors, a bare state dict, or ``{"state_dict": ...}`` (the authors' format, whose other
-    entries such as epoch/best_mAP become metadata). Strips ``module.`` prefixes and maps torchvision/IBN-Net
-    backbone names (conv1, bn1, layer1..4) to ``base.N``.
+    Accepts safetensors, a bare state dict (torchvision's ImageNet files), or ``{"state_dict": ...}``, nested
+    or not (the authors' and IBN-Net's training checkpoints: their other plain entries such as epoch, arch,
+    best_mAP become metadata; an optimizer state is dropped). Strips ``module.`` prefixes (repeated ones too)
+    and maps torchvision/IBN-Net backbone names (conv1, bn1, layer1..4) to ``base.N``.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist (or is not a file)")
     metadata: dict[str, Any] = {}
     if path.name.endswith(".safetensors"):
-        from safetensors import SafetensorError, safe_open
-
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = dict(handle.metadata() or {})
@@ -156,12 +133,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
             ) from None
     else:
         raw = _torch_load(path)
-        if isinstance(raw, Mapping) and "state_dict" in raw:
-            metadata = {
-                k: v.item() if isinstance(v, np.generic) else v
-                for k, v in raw.items()
-                if k != "state_dict" and isinstance(v, int | float | str | np.generic)
-            }
+        while isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):  # nested: outer wins
+            for k, v in raw.items():
+                if k != "state_dict" and isinstance(v, int | float | str | np.generic):
+                    metadata.setdefault(k, v.item() if isinstance(v, np.generic) else v)
             raw = raw["state_dict"]
     if not isinstance(raw, Mapping) or not raw:
         raise CheckpointError(f"checkpoint '{path}' holds no state dict (found {type(raw).__name__})")
@@ -223,43 +198,18 @@ def _apply_state(
     return report
 
 
-def _infer_architecture(state: Mapping[str, torch.Tensor], path: Path) -> tuple[str, str, int]:
-    """(arch, pooling, num_features) of an authors'-format state dict, from its keys and shapes."""
-    if "base.0.weight" not in state:
-        raise CheckpointError(
-            f"checkpoint '{path}' is not an hhcl/HHCL re-ID model: no 'base.0.weight' key "
-            f"(first keys: {_names(list(state), 4)})"
-        )
-    blocks = len({k.split(".")[2] for k in state if k.startswith("base.6.")})
-    bottleneck = any(k.startswith("base.4.0.conv3.") for k in state)
-    if any(".bn1.IN." in k for k in state):
-        arch = "resnet50_ibn_a"
-    else:
-        by_shape = {
-            (True, 6): "resnet50",
-            (True, 23): "resnet101",
-            (False, 2): "resnet18",
-            (False, 6): "resnet34",
-        }
-        if (bottleneck, blocks) not in by_shape:
-            raise CheckpointError(f"checkpoint '{path}': unknown backbone ({blocks} blocks in layer3)")
-        arch = by_shape[(bottleneck, blocks)]
-    pooling = "gem" if "gap.p" in state else "avg"
-    num_features = int(state["feat.weight"].shape[0]) if "feat.weight" in state else 0
-    return arch, pooling, num_features
-
-
 def find_checkpoint(run_or_checkpoint: str | os.PathLike[str]) -> Path:
-    """The weight file of a run directory (``checkpoints/best.safetensors``, else ``last``) or the file itself."""
+    """The weight file of a run directory (``checkpoints/best.safetensors``, else ``last``), of its
+    checkpoints folder, or the file itself."""
     path = Path(run_or_checkpoint).expanduser()
     if path.is_dir():
         for name in CHECKPOINT_NAMES:
-            for candidate in (path / "checkpoints" / name, path / name):
+            for candidate in (path / CHECKPOINTS / name, path / name):
                 if candidate.is_file():
                     return candidate
         raise CheckpointError(
-            f"run directory '{path}' has no checkpoint: expected {path / 'checkpoints' / 'best.safetensors'} "
-            "or last.safetensors (the run may not have reached its first evaluation yet)"
+            f"run directory '{path}' has no checkpoint: expected {RunLayout(path).best_weights} "
+            f"or {LAST_WEIGHTS} (the run may not have reached its first evaluation yet)"
         )
     if not path.exists():
         raise CheckpointError(f"'{path}' does not exist: give a run directory or a checkpoint file")
@@ -268,55 +218,3 @@ def find_checkpoint(run_or_checkpoint: str | os.PathLike[str]) -> Path:
             f"'{path}' is not a checkpoint: use a run directory, a .safetensors file or an authors' .pth.tar"
         )
     return path
-
-
-def _config_from(metadata: Mapping[str, Any], checkpoint: Path) -> Config | None:
-    from hhcl.config import ConfigError, from_dict
-
-    text = metadata.get("config")
-    source = f"{checkpoint} (embedded config)"
-    if not isinstance(text, str):
-        run_config = checkpoint.parent.parent / "config.toml"
-        if checkpoint.parent.name != "checkpoints" or not run_config.is_file():
-            return None
-        text, source = run_config.read_text(encoding="utf-8"), str(run_config)
-    try:
-        return from_dict(tomllib.loads(text), source=source)
-    except (tomllib.TOMLDecodeError, ConfigError) as err:
-        raise CheckpointError(f"checkpoint '{checkpoint}': its config cannot be read: {err}") from None
-
-
-def load_model(
-    run_or_checkpoint: str | os.PathLike[str], *, device: str | torch.device = "cpu"
-) -> tuple[ReIDNet, ModelInfo]:
-    """Build the model a run directory or checkpoint describes, load its weights strictly, eval mode on ``device``.
-
-    Our checkpoints carry their config in the safetensors header (else ``<run>/config.toml`` is used); for the
-    authors' ``.pth.tar`` the architecture and pooling are inferred from the keys, at 256x128.
-    """
-    from hhcl.models import build_model
-
-    checkpoint = find_checkpoint(run_or_checkpoint)
-    state, metadata = read_state_dict(checkpoint)
-    config = _config_from(metadata, checkpoint)
-    if config is not None:
-        m = config.model
-        arch, pooling, num_features, dropout = m.arch, m.pooling, m.num_features, m.dropout
-        height, width = config.data.height, config.data.width
-    else:
-        arch, pooling, num_features = _infer_architecture(state, checkpoint)
-        dropout, height, width = 0.0, int(metadata.get("height", 256)), int(metadata.get("width", 128))
-    model = build_model(arch, pooling, "none", num_features=num_features, dropout=dropout)
-    _apply_state(model, state, metadata, str(checkpoint), strict=True)
-    model.eval().to(device)
-    info = ModelInfo(
-        arch=arch,
-        pooling=pooling,
-        height=height,
-        width=width,
-        num_features=num_features,
-        source=str(checkpoint),
-        config=config,
-        metadata={k: str(v) for k, v in metadata.items()},
-    )
-    return model, info

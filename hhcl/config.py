@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
+    """``workers``: image-decoding threads for cache builds and uncached gathers (``open_split(workers=...)``);
+    0 decodes in the calling thread, with no pool."""
+
     dataset: str = "market1501"
     root: str = "data"
     height: int = 256
@@ -68,6 +72,10 @@ class ClusterConfig:
 
 @dataclass
 class MemoryConfig:
+    """``momentum`` m updates a memory row as ``m * row + (1 - m) * sample``, so it lies in [0, 1) (1 would
+    freeze the memory); ``smooth`` in [0, 1) is a switch, as in the reference: 0 = plain cross-entropy,
+    > 0 = top-k label smoothing with its epsilon fixed at 0.1. ``check_memory`` holds these bounds."""
+
     mode: str = "CMhybrid"
     temp: float = 0.05
     momentum: float = 0.1
@@ -196,7 +204,9 @@ def _coerce(dotted: str, value: Any, *, from_text: bool) -> Any:
                 return int(value.strip().replace("_", ""))
             except ValueError:
                 pass
-        raise ConfigError(f"{dotted} = {value!r} is not an int: use a whole number such as {getattr(DEFAULT, section).__dict__[key]}.")
+        raise ConfigError(
+            f"{dotted} = {value!r} is not an int: use a whole number such as {getattr(DEFAULT, section).__dict__[key]}."
+        )
     if kind is float:
         if isinstance(value, bool):
             raise ConfigError(f"{dotted} = {value!r} is not a number.")
@@ -207,15 +217,19 @@ def _coerce(dotted: str, value: Any, *, from_text: bool) -> Any:
                 return float(value.strip())
             except ValueError:
                 pass
-        raise ConfigError(f"{dotted} = {value!r} is not a number: use e.g. {getattr(DEFAULT, section).__dict__[key]}.")
+        raise ConfigError(
+            f"{dotted} = {value!r} is not a number: use e.g. {getattr(DEFAULT, section).__dict__[key]}."
+        )
     if not isinstance(value, str):
-        raise ConfigError(f"{dotted} = {value!r} is not a {name}: quote it in TOML, e.g. {key} = \"{value}\".")
+        raise ConfigError(f'{dotted} = {value!r} is not a {name}: quote it in TOML, e.g. {key} = "{value}".')
     return value
 
 
 def _choice(dotted: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{dotted} = {value!r} is not allowed: use one of {', '.join(allowed)}.{_suggest(value, allowed)}")
+        raise ConfigError(
+            f"{dotted} = {value!r} is not allowed: use one of {', '.join(allowed)}.{_suggest(value, allowed)}"
+        )
 
 
 def _check(ok: bool, dotted: str, value: Any, allowed: str) -> None:
@@ -223,12 +237,56 @@ def _check(ok: bool, dotted: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{dotted} = {value!r} is not allowed: {allowed}.")
 
 
+def check_memory(
+    *, mode: str, temp: float, momentum: float, hard_weight: float, smooth: float, loss_form: str
+) -> None:
+    """Raise :class:`ConfigError` on a memory setting the memory bank cannot use; ``validate`` and
+    ``hhcl.memory.HybridMemory`` both call it, so the two can never disagree."""
+    _choice("memory.mode", mode, MEMORY_MODES)
+    _check(math.isfinite(temp) and temp > 0, "memory.temp", temp, "must be a finite number > 0")
+    _check(
+        0.0 <= momentum < 1.0,
+        "memory.momentum",
+        momentum,
+        "must be in [0, 1) (rows update as m * row + (1 - m) * sample; 1 would never update them)",
+    )
+    _check(0.0 <= hard_weight <= 1.0, "memory.hard_weight", hard_weight, "must be in [0, 1]")
+    _check(
+        0.0 <= smooth < 1.0,
+        "memory.smooth",
+        smooth,
+        "must be in [0, 1) (0 = off; any value > 0 switches on label smoothing with epsilon 0.1)",
+    )
+    _choice("memory.loss_form", loss_form, LOSS_FORMS)
+
+
+def _check_finite(cfg: Config) -> None:
+    """Refuse inf and nan in every float key (``1e400`` reads as inf): Adam and the losses cannot hold them."""
+    for section, cls in _SECTION_CLASSES.items():
+        for f in dataclasses.fields(cls):
+            value = getattr(getattr(cfg, section), f.name)
+            if f.type == "float" and not math.isfinite(value):
+                example = getattr(getattr(DEFAULT, section), f.name)
+                raise ConfigError(
+                    f"{section}.{f.name} = {value!r} is not allowed: must be a finite number "
+                    f"(not inf or nan; values beyond about 1.8e308 read as inf), e.g. {example}."
+                )
+
+
 def validate(cfg: Config) -> Config:
     """Check every value; raises :class:`ConfigError` on the first bad one. Returns ``cfg``."""
     d, m, c, mem, o, t = cfg.data, cfg.model, cfg.cluster, cfg.memory, cfg.optim, cfg.train
+    _check_finite(cfg)
     _choice("data.dataset", d.dataset, DATASETS)
-    _check(d.height >= 32 and d.height % 16 == 0, "data.height", d.height, "must be a multiple of 16 and at least 32")
-    _check(d.width >= 32 and d.width % 16 == 0, "data.width", d.width, "must be a multiple of 16 and at least 32")
+    _check(
+        d.height >= 32 and d.height % 16 == 0,
+        "data.height",
+        d.height,
+        "must be a multiple of 16 and at least 32",
+    )
+    _check(
+        d.width >= 32 and d.width % 16 == 0, "data.width", d.width, "must be a multiple of 16 and at least 32"
+    )
     _check(d.num_instances >= 1, "data.num_instances", d.num_instances, "must be at least 1")
     _check(d.batch_size >= 2, "data.batch_size", d.batch_size, "must be at least 2")
     _check(
@@ -247,7 +305,9 @@ def validate(cfg: Config) -> Config:
             m.pretrained,
             "use imagenet, none, or a path to a .pth, .pth.tar or .safetensors file",
         )
-    _check(m.num_features >= 0, "model.num_features", m.num_features, "must be 0 (no embedding layer) or more")
+    _check(
+        m.num_features >= 0, "model.num_features", m.num_features, "must be 0 (no embedding layer) or more"
+    )
     _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
     _check(m.bn_group >= 0, "model.bn_group", m.bn_group, "must be 0 (ordinary BN) or a group size")
     if m.bn_group > 0:
@@ -262,12 +322,14 @@ def validate(cfg: Config) -> Config:
     _check(0.0 < c.eps < 1.0, "cluster.eps", c.eps, "must be in (0, 1) (a Jaccard distance)")
     _check(c.min_samples >= 1, "cluster.min_samples", c.min_samples, "must be at least 1")
     _choice("cluster.knn_backend", c.knn_backend, KNN_BACKENDS)
-    _choice("memory.mode", mem.mode, MEMORY_MODES)
-    _check(mem.temp > 0, "memory.temp", mem.temp, "must be > 0")
-    _check(0.0 <= mem.momentum < 1.0, "memory.momentum", mem.momentum, "must be in [0, 1)")
-    _check(0.0 <= mem.hard_weight <= 1.0, "memory.hard_weight", mem.hard_weight, "must be in [0, 1]")
-    _check(0.0 <= mem.smooth < 1.0, "memory.smooth", mem.smooth, "must be in [0, 1)")
-    _choice("memory.loss_form", mem.loss_form, LOSS_FORMS)
+    check_memory(
+        mode=mem.mode,
+        temp=mem.temp,
+        momentum=mem.momentum,
+        hard_weight=mem.hard_weight,
+        smooth=mem.smooth,
+        loss_form=mem.loss_form,
+    )
     _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _check(o.step_size >= 1, "optim.step_size", o.step_size, "must be at least 1")
@@ -307,8 +369,10 @@ def _resolve_source(preset_or_path: str | os.PathLike[str]) -> Path:
     text = str(preset_or_path)
     as_path = Path(text).expanduser()
     if text.endswith(".toml") or os.sep in text or as_path.is_file():
-        if not as_path.is_file():
-            raise ConfigError(f"config file '{as_path}' does not exist: give a preset name ({', '.join(preset_names())}) or an existing .toml path.")
+        if not as_path.exists():
+            raise ConfigError(
+                f"config file '{as_path}' does not exist: give a preset name ({', '.join(preset_names())}) or an existing .toml path."
+            )
         return as_path
     return preset_path(text)
 
@@ -345,13 +409,24 @@ def apply_overrides(cfg: Config, overrides: tuple[str, ...] | list[str]) -> Conf
     return cfg
 
 
-def load_config(preset_or_path: str | os.PathLike[str], overrides: tuple[str, ...] | list[str] = ()) -> Config:
+def load_config(
+    preset_or_path: str | os.PathLike[str], overrides: tuple[str, ...] | list[str] = ()
+) -> Config:
     """Load a preset by name or a TOML file, apply ``key=value`` overrides, validate."""
     path = _resolve_source(preset_or_path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start : err.start + 1]!r}): "
+            "save the config file as UTF-8."
+        ) from None
+    except OSError as err:
+        raise ConfigError(
+            f"config file '{path}' cannot be read ({err.strerror or err}): give a readable .toml file."
+        ) from None
     cfg = from_dict(raw, source=str(path))
     apply_overrides(cfg, overrides)
     return validate(cfg)

@@ -9,14 +9,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hhcl.run.atomic import atomic_write_bytes
 from hhcl.config import load_config
 from hhcl.data import DatasetNotFoundError, build_dataset, open_split, prepare_synthetic
-from hhcl.engine import Trainer, resolve_device, seed_everything
+from hhcl.distributed import resolve_device
+from hhcl.engine import Trainer
+from hhcl.epoch import seed_everything
 from hhcl.evaluate import evaluate
 from hhcl.models import build_model
 from hhcl.reporting import ConsoleReporter
-from hhcl.rundir import CONFIG_FILE, default_run_name
+from hhcl.run.layout import default_run_name
 
 DEMO_IDS = 120  # identities generated (half train, half test)
 DEMO_CAMS = 4
@@ -25,6 +26,8 @@ DEMO_CAMS = 4
 @dataclass
 class DemoResult:
     status: str
+    exit_code: int
+    message: str
     run_dir: Path
     untrained: dict[str, float]
     trained: dict[str, float]
@@ -57,9 +60,7 @@ def run_demo(root: Path, runs_dir: Path, *, console: Console | None = None, over
     before = _row(evaluate(model, query, gallery, batch_size=cfg.data.batch_size))
     console.print(f"untrained model: mAP {100 * before['mAP']:.1f}  R1 {100 * before['R1']:.1f}")
 
-    run_dir = Path(runs_dir) / default_run_name(cfg, "demo")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / CONFIG_FILE, cfg.to_toml().encode())
+    run_dir = Path(runs_dir) / default_run_name(cfg.data.dataset, cfg.model.arch, "demo")
     result = Trainer(cfg, run_dir, preset="demo", hooks=[ConsoleReporter(run_dir, console)]).fit()
     after = {"mAP": result.best_mAP}
     if result.last_eval is not None:
@@ -75,4 +76,4 @@ def run_demo(root: Path, runs_dir: Path, *, console: Console | None = None, over
     seconds = time.time() - t0
     console.print(f"{result.status} in {seconds:.0f} s; run directory: [bold]{run_dir}[/] "
                   f"(hhcl monitor {run_dir} | hhcl eval {run_dir})")
-    return DemoResult(result.status, run_dir, before, after, seconds)
+    return DemoResult(result.status, result.exit_code, result.message, run_dir, before, after, seconds)

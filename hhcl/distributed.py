@@ -1,4 +1,5 @@
-"""torchrun helpers: process-group setup from the environment, rank-ordered gathers, rank-0 checks.
+"""torchrun helpers: the one device resolver, process-group setup from the environment, rank-ordered gathers,
+rank-0 checks.
 
 Every helper is a no-op (or the identity) when no process group is initialised, so single-process code
 calls them unconditionally. Collectives follow the reference-equivalent DDP recipe (reference doc 5.3):
@@ -8,11 +9,14 @@ features and labels are all-gathered in rank order, which rebuilds the global ba
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from hhcl.config import ConfigError
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -51,16 +55,56 @@ def _env_int(key: str, default: int) -> int:
     return value
 
 
-def _device(spec: str | torch.device, local_rank: int) -> torch.device:
-    if isinstance(spec, torch.device):
-        return spec
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but no CUDA device is visible: use 'cpu' or 'auto'")
-        spec = f"cuda:{local_rank}"
-    return torch.device(spec)
+def _named(key: str, value: str) -> str:
+    """How an error names the setting: ``--device cuda:5`` for a command-line flag, else ``train.device = 'x'``."""
+    return f"{key} {value}" if key.startswith("--") else f"{key} = {value!r}"
+
+
+def _cuda(index: int, text: str, key: str, *, local: bool) -> torch.device:
+    """``cuda:<index>`` when this machine has that GPU, else a ConfigError saying which ones it has.
+
+    ``local``: the index is this process's local rank (``auto``/``cuda``), not one the user wrote.
+    """
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"{_named(key, text)}: no CUDA device is visible; use auto or cpu")
+    if index >= count:
+        have = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        found = f"this machine has {count} CUDA {'device' if count == 1 else 'devices'} ({have})"
+        if local:
+            raise ConfigError(
+                f"{_named(key, text)}: this process's LOCAL_RANK is {index} but {found}; "
+                f"start at most {count} processes per node (torchrun --nproc-per-node {count})"
+            )
+        raise ConfigError(f"{_named(key, text)}: {found}; use auto, cpu or {have}")
+    return torch.device("cuda", index)
+
+
+def resolve_device(
+    spec: str | torch.device, local_rank: int | None = None, *, key: str = "train.device"
+) -> torch.device:
+    """The device a setting names, checked against this machine; no side effects (no process group, no set_device).
+
+    ``auto``: this process's GPU (``cuda:<local rank>``) when CUDA is available, else the CPU; ``cuda``: that GPU;
+    ``cuda:N``: GPU N if it exists; ``cpu``; ``mps`` when available. ``local_rank`` defaults to ``$LOCAL_RANK``
+    (0 outside torchrun). Anything else raises :class:`hhcl.config.ConfigError` naming ``key`` and the value.
+    """
+    text = str(spec)
+    if text == "cpu" or (isinstance(spec, torch.device) and spec.type == "cpu"):
+        return torch.device("cpu")
+    if text == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{_named(key, text)}: MPS is not available on this machine; use auto or cpu")
+        return torch.device("mps")
+    rank = _env_int("LOCAL_RANK", 0) if local_rank is None else local_rank
+    if text == "auto":
+        return _cuda(rank, text, key, local=True) if torch.cuda.is_available() else torch.device("cpu")
+    if text == "cuda":
+        return _cuda(rank, text, key, local=True)
+    match = re.fullmatch(r"cuda:(\d+)", text)
+    if match is None:
+        raise ConfigError(f"{_named(key, text)} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    return _cuda(int(match.group(1)), text, key, local=False)
 
 
 def init_distributed(
@@ -73,7 +117,7 @@ def init_distributed(
     rank, world, local = (_env_int(k, d) for k, d in zip(_ENV_KEYS, (0, 1, 0), strict=True))
     if rank >= world:
         raise ValueError(f"RANK={rank} is not below WORLD_SIZE={world}: launch with torchrun")
-    dev = _device(device, local)
+    dev = resolve_device(device, local)
     if world > 1 and not is_initialized():
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
         if missing:

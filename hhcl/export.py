@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from hhcl.checkpoint import CheckpointError, ModelInfo, load_model, save_weights
+from hhcl.checkpoint import CheckpointError, save_weights
+from hhcl.config import Config
+from hhcl.distributed import resolve_device
+from hhcl.models import ModelInfo, load_model
 from hhcl.run.atomic import atomic_write_bytes
 
 MEAN = (0.485, 0.456, 0.406)
@@ -70,11 +74,9 @@ class ExportReport:
 
 def hhcl_version() -> str:
     """The installed hhcl version (``0+unknown`` when running from an uninstalled tree)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version("hhcl")
-    except PackageNotFoundError:
+        return package_metadata.version("hhcl")
+    except package_metadata.PackageNotFoundError:
         return "0+unknown"
 
 
@@ -148,8 +150,6 @@ def _write_torchscript(embedder: Embedder, dummy: torch.Tensor, path: Path, meta
 
 
 def _safetensors_config_text(info: ModelInfo) -> str:
-    from hhcl.config import Config
-
     cfg = info.config or Config()
     if info.config is None:  # an authors' checkpoint: record what was inferred, so load_model can rebuild it
         cfg.model.arch, cfg.model.pooling, cfg.model.num_features = info.arch, info.pooling, info.num_features
@@ -266,12 +266,6 @@ class ImageEmbedder:
         return torch.cat(outs) if outs else torch.empty(0)
 
 
-def _auto_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _torchscript_meta(path: Path) -> dict[str, str] | None:
     if not zipfile.is_zipfile(path):
         return None
@@ -281,9 +275,12 @@ def _torchscript_meta(path: Path) -> dict[str, str] | None:
 
 
 def load_embedder(path: str | os.PathLike[str], *, device: str | torch.device = "auto") -> ImageEmbedder:
-    """A callable embedder from a run directory, a checkpoint, or an exported ``.onnx``/TorchScript file."""
+    """A callable embedder from a run directory, a checkpoint, or an exported ``.onnx``/TorchScript file.
+
+    ``device`` (auto, cpu, cuda, cuda:N, mps) is checked against this machine: a ConfigError if it is not there.
+    """
     path = Path(path).expanduser()
-    dev = _auto_device(device)
+    dev = resolve_device(device, key="device")
     if path.is_file() and path.suffix == ".onnx":
         import onnx
         import onnxruntime as ort
@@ -352,13 +349,14 @@ def embed(
 
     Images are decoded and resized (PIL bicubic) by a thread pool one batch ahead of the model, which runs
     batched on ``device``. The relative paths, one per line, go to ``out`` with suffix ``.txt``.
-    ``progress(done, total)`` is called after every batch.
+    ``progress(done, total)`` is called after every batch. ``device`` is checked as ``--device``.
     """
     out = Path(out)
     if out.suffix != ".npy":
         raise EmbedError(f"--out '{out}' must end in .npy")
+    dev = resolve_device(device, key="--device")
     files = list_images(images_dir)
-    embedder = load_embedder(run_or_checkpoint, device=device)
+    embedder = load_embedder(run_or_checkpoint, device=dev)
     h, w = embedder.height, embedder.width
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     outputs: list[np.ndarray] = []

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hhcl import distributed
+from hhcl.config import MEMORY_MODES as MODES  # the config's list, re-exported for benchmarks
+from hhcl.config import check_memory
 
-MODES = ("CM", "CMhard", "CMhybrid", "CMhybrid_v2")
-LOSS_FORMS = ("reference", "paper")
+__all__ = ["MODES", "HybridMemory", "cluster_centroids", "sample_instances"]
+
 SMOOTH_EPSILON = 0.1  # the reference hard-codes epsilon; memory.smooth > 0 only switches smoothing on
 
 
@@ -167,20 +169,14 @@ class HybridMemory(nn.Module):
         loss_form: str = "reference",
     ) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"memory.mode = {mode!r} is not allowed: use one of {', '.join(MODES)}")
-        if loss_form not in LOSS_FORMS:
-            raise ValueError(
-                f"memory.loss_form = {loss_form!r} is not allowed: use one of {', '.join(LOSS_FORMS)}"
-            )
-        if not temp > 0:
-            raise ValueError(f"memory.temp = {temp!r} is not allowed: must be > 0")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"memory.momentum = {momentum!r} is not allowed: must be in [0, 1]")
-        if not 0.0 <= hard_weight <= 1.0:
-            raise ValueError(f"memory.hard_weight = {hard_weight!r} is not allowed: must be in [0, 1]")
-        if not smooth >= 0.0:
-            raise ValueError(f"memory.smooth = {smooth!r} is not allowed: must be >= 0")
+        check_memory(  # the config's own bounds (a ConfigError, i.e. a ValueError, names the key)
+            mode=mode,
+            temp=temp,
+            momentum=momentum,
+            hard_weight=hard_weight,
+            smooth=smooth,
+            loss_form=loss_form,
+        )
         if num_instances < 1:
             raise ValueError(f"num_instances = {num_instances!r} is not allowed: must be at least 1")
         if centroids.dim() != 2 or centroids.shape[0] < 1 or centroids.shape[1] < 1:

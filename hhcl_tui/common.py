@@ -7,16 +7,20 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from hhcl.config import Config, ConfigError, load_config
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: printed text is never broken at the console width (80 columns when piped), so a path or command
+# stays whole on its line and can be pasted or grepped; tables still fit the width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a red error line and return the Exit to raise (2 = usage/config error, 1 = failure)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print a red ``error:`` and ``message`` as plain text (never Rich markup: a path may hold ``[x]``), and
+    return the Exit to raise (2 = usage/config error, 1 = failure)."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message))
     return typer.Exit(code)
 
 

@@ -1,7 +1,8 @@
-"""Checkpoints: the authors' .pth.tar format, our safetensors, load_model, atomic writes, clear errors."""
+"""Checkpoints: the authors' .pth.tar format, our safetensors, hhcl.models.load_model, atomic writes, clear errors."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 from pathlib import Path
@@ -11,15 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from hhcl.checkpoint import (
-    CheckpointError,
-    load_model,
-    load_state_dict,
-    load_weights,
-    save_weights,
-)
+import hhcl.checkpoint as checkpoint_module
+from hhcl.checkpoint import CheckpointError, load_state_dict, load_weights, save_weights
 from hhcl.config import Config
-from hhcl.models import build_model
+from hhcl.models import build_model, load_model
 
 KEYS_JSON = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hhcl-checkpoint-keys.json"
 
@@ -140,6 +136,19 @@ def test_run_config_toml_used_when_header_has_none(tmp_path: Path) -> None:
     assert (info.arch, info.pooling, info.height, info.width) == ("resnet18", "gem", 96, 48)
     with torch.no_grad():
         torch.testing.assert_close(model(X), source(X), rtol=0, atol=0)
+
+
+def test_weight_file_io_imports_nothing_from_models() -> None:
+    """hhcl/checkpoint.py reads and writes weight files only; building models is hhcl.models' business."""
+    source = Path(checkpoint_module.__file__).read_text(encoding="utf-8")
+    imported = set()
+    for node in ast.walk(ast.parse(source)):  # every import, TYPE_CHECKING blocks and function bodies included
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.update([node.module or "", *(f"{node.module}.{a.name}" for a in node.names)])
+    assert "hhcl.run.layout" in imported  # run-directory names come from the run layer
+    assert not [m for m in imported if m == "hhcl.models" or m.startswith("hhcl.models.")]
 
 
 def test_save_weights_rejects_non_string_metadata(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from tiny_run import TINY
 from typer.testing import CliRunner
 
+from hhcl.run.events import read_raw_events
 from hhcl_tui.cli import app
 
 runner = CliRunner()
@@ -28,18 +29,29 @@ def test_unknown_key_exits_2_naming_it():
 
 def test_missing_preset_and_existing_run_dir(tmp_path):
     assert runner.invoke(app, ["train", "--dry-run"]).exit_code == 2
-    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "checkpoints").mkdir(parents=True)
     (tmp_path / "taken" / "events.jsonl").write_text("")
+    (tmp_path / "taken" / "checkpoints" / "last.safetensors").write_bytes(b"x")
     result = runner.invoke(app, ["train", "--preset", "demo", "--runs-dir", str(tmp_path), "--name", "taken"])
     assert result.exit_code == 2 and "--resume" in result.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.md").write_text("mine")
+    result = runner.invoke(app, ["train", "--preset", "demo", "--runs-dir", str(tmp_path), "--name", "other"])
+    assert result.exit_code == 2 and "not a run directory" in result.output
 
 
-def test_unprepared_dataset_names_the_prepare_command(tmp_path):
-    result = runner.invoke(
-        app, ["train", "--preset", "market", "--root", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--set", "train.device=cpu"]
-    )
-    assert result.exit_code == 2
-    assert "hhcl prepare market1501" in result.output.replace("\n", " ")
+def test_unprepared_dataset_names_the_prepare_command_and_the_name_can_start_again(tmp_path):
+    args = ["train", "--preset", "market", "--root", str(tmp_path), "--runs-dir", str(tmp_path / "runs"),
+            "--name", "m", "--set", "train.device=cpu"]
+    for _ in range(2):  # a run that failed before its first checkpoint is no dead end: the same name starts again
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2
+        assert "hhcl prepare market1501" in result.output.replace("\n", " ")
+    events = read_raw_events(tmp_path / "runs" / "m")
+    assert [e["type"] for e in events] == ["error", "run_end"] * 2
+    assert events[1]["status"] == "error" and events[1].get("resume") is None
+    assert "hhcl prepare market1501" in (tmp_path / "runs" / "m" / "log.txt").read_text()
+    assert not (tmp_path / "runs" / "m" / "run.lock").exists()
 
 
 def test_tiny_run_writes_log_and_resume_rules(synth_root, tmp_path):
@@ -51,7 +63,7 @@ def test_tiny_run_writes_log_and_resume_rules(synth_root, tmp_path):
     assert result.exit_code == 0, result.output
     run = tmp_path / "r"
     log = (run / "log.txt").read_text()
-    assert "epoch 0:" in log and "clusters" in log and "eval epoch 0: mAP" in log and "run ok" in log
+    assert "epoch 1/1:" in log and "clusters" in log and "eval epoch 1/1: mAP" in log and "run ok" in log
     assert (run / "config.toml").read_text().count("[") == 7
     refused = runner.invoke(app, ["train", "--resume", str(run), "--set", "cluster.eps=0.3"])
     assert refused.exit_code == 2 and "cluster.eps" in refused.output
@@ -59,4 +71,4 @@ def test_tiny_run_writes_log_and_resume_rules(synth_root, tmp_path):
     assert both.exit_code == 2
     extended = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=2"])
     assert extended.exit_code == 0, extended.output
-    assert "eval epoch 1: mAP" in (run / "log.txt").read_text()
+    assert "eval epoch 2/2: mAP" in (run / "log.txt").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hhcl.config import ConfigError, all_keys, load_config, preset_names, validate
@@ -158,3 +160,63 @@ def test_validate_catches_direct_edits():
     cfg.memory.temp = 0.0
     with pytest.raises(ConfigError, match="memory.temp"):
         validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "shown"),
+    [
+        ("optim.lr=inf", "optim.lr", "inf"),
+        ("optim.lr=nan", "optim.lr", "nan"),
+        ("optim.lr=1e400", "optim.lr", "inf"),  # beyond the largest double: reads as inf
+        ("optim.weight_decay=inf", "optim.weight_decay", "inf"),
+        ("optim.gamma=-inf", "optim.gamma", "-inf"),
+        ("memory.temp=nan", "memory.temp", "nan"),
+        ("memory.temp=inf", "memory.temp", "inf"),
+        ("memory.hard_weight=nan", "memory.hard_weight", "nan"),
+        ("cluster.eps=nan", "cluster.eps", "nan"),
+        ("model.dropout=nan", "model.dropout", "nan"),
+    ],
+)
+def test_non_finite_floats_are_refused(override, key, shown):
+    with pytest.raises(ConfigError) as err:
+        load_config("market", [override])
+    assert f"{key} = {shown} is not allowed: must be a finite number" in str(err.value)
+
+
+def test_non_finite_floats_in_a_file_or_a_direct_edit_are_refused(tmp_path):
+    path = tmp_path / "inf.toml"
+    path.write_text("[optim]\nweight_decay = inf\n")  # TOML's own inf literal
+    with pytest.raises(ConfigError, match="optim.weight_decay = inf"):
+        load_config(path)
+    cfg = load_config("market")
+    cfg.memory.momentum = float("nan")
+    with pytest.raises(ConfigError, match="memory.momentum = nan"):
+        validate(cfg)
+
+
+def test_a_directory_named_like_a_config_is_an_error_naming_it(tmp_path):
+    folder = tmp_path / "x.toml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=rf"config file '{folder}' cannot be read \(Is a directory\)"):
+        load_config(folder)
+
+
+def test_a_config_that_is_not_utf8_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[data]\nroot = "/données"\n'.encode("latin-1"))  # é is byte 20
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: not UTF-8 text (byte 20 is b'\\xe9')")
+    assert "save the config file as UTF-8" in str(err.value)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_config_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "secret.toml"
+    path.write_text("[cluster]\neps = 0.5\n")
+    path.chmod(0)
+    try:
+        with pytest.raises(ConfigError, match=rf"config file '{path}' cannot be read \(Permission denied\)"):
+            load_config(path)
+    finally:
+        path.chmod(0o600)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_dashboard_state import write_tiny_log  # the recorded log, shared
+from test_dashboard_state import NOW, write_tiny_log  # the recorded log, shared
 
 from hhcl_tui.dashboard.app import DashboardApp
 from hhcl_tui.wizard import WizardApp
@@ -52,7 +52,7 @@ def assert_snapshot(svg: str, name: str) -> None:
 
 
 async def test_dashboard_snapshot(tmp_path: Path) -> None:
-    app = DashboardApp(write_tiny_log(tmp_path / "tiny-run"))
+    app = DashboardApp(write_tiny_log(tmp_path / "tiny-run"), clock=lambda: NOW)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert_snapshot(app.export_screenshot(), "dashboard")
@@ -71,10 +71,10 @@ async def test_wizard_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 async def test_dashboard_is_readable_at_80x24(tmp_path: Path) -> None:
-    app = DashboardApp(write_tiny_log(tmp_path / "tiny-run"))
+    app = DashboardApp(write_tiny_log(tmp_path / "tiny-run"), clock=lambda: NOW)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         screen = "\n".join(svg_text(app.export_screenshot()))
-    for expected in ("tiny-run", "epoch 3/4", "iter 5/10", "ETA 0:36", "lr 3.50e-05", "img/s 125",
+    for expected in ("tiny-run", "epoch 3/4", "iter 5/10", "ETA 0:36", "lr 3.50e-05", "img/s 125", "hard 0.750",
                      "15 clusters", "(12.5%)", "best mAP 45.0%", "R1 55.0%", "knn 0.50s", "q Quit"):
         assert expected in screen, f"{expected!r} not visible at 80x24:\n{screen}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -250,3 +251,39 @@ def test_prepare_folder_links_tree_and_records_camera_pattern(tmp_path: Path) ->
     assert (tmp_path / "data" / "folder" / "images").resolve() == (
         src / "day1"
     ).resolve()  # wrapper folder skipped
+
+
+def test_workers_zero_decodes_in_the_calling_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_market(tmp_path / "market1501" / "Market-1501-v15.09.15")
+    ds = build_dataset("market1501", tmp_path)
+    idx = torch.tensor([4, 0, 2])
+    expected = torch.stack(  # the reference's first transform, done here with PIL directly
+        [
+            torch.from_numpy(
+                np.asarray(Image.open(ds.train[i].path).convert("RGB").resize((8, 16), Image.BICUBIC))
+                .transpose(2, 0, 1)
+                .copy()
+            )
+            for i in idx.tolist()
+        ]
+    )
+    pooled = open_split(ds, "train", device="cpu", cache=False, workers=2, **HW).gather(idx)
+    threads: set[int] = set()
+    real = store.try_load
+
+    def recording(path: str, h: int, w: int):
+        threads.add(threading.get_ident())
+        return real(path, h, w)
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("workers=0 must not start a thread pool")
+
+    monkeypatch.setattr(store, "try_load", recording)
+    monkeypatch.setattr(store, "ThreadPoolExecutor", no_pool)
+    inline = open_split(ds, "train", device="cpu", cache=False, workers=0, **HW).gather(idx)
+    cached = open_split(ds, "train", device="cpu", workers=0, progress=False, **HW)  # builds the cache inline
+    assert torch.equal(pooled, expected) and torch.equal(inline, expected)
+    assert cached.cached and torch.equal(cached.gather(idx), expected)
+    assert threads == {threading.get_ident()}
+    with pytest.raises(ValueError, match="workers = -1"):
+        open_split(ds, "train", device="cpu", cache=False, workers=-1, **HW)

@@ -1,4 +1,5 @@
-"""hhcl.distributed helpers, and a 2-process gloo run whose memories equal one process on the global batch."""
+"""hhcl.distributed helpers, the device resolver, and a 2-process gloo run whose memories equal one process on
+the global batch."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from hhcl import distributed
+from hhcl.config import ConfigError
 from hhcl.memory import HybridMemory
 
 MODES = ("CM", "CMhard", "CMhybrid", "CMhybrid_v2")
@@ -124,3 +126,68 @@ def test_bad_torchrun_environment_is_named(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     with pytest.raises(ValueError, match="not below WORLD_SIZE"):
         distributed.init_distributed("cpu")
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """A machine with one CUDA device, as far as resolve_device can tell (it only names devices)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_resolve_device_without_cuda(no_cuda, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert distributed.resolve_device("auto") == torch.device("cpu")
+    assert distributed.resolve_device("cpu") == torch.device("cpu")
+    assert distributed.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for spec in ("cuda", "cuda:0", "cuda:5"):
+        with pytest.raises(ConfigError) as err:
+            distributed.resolve_device(spec)
+        assert str(err.value) == f"train.device = '{spec}': no CUDA device is visible; use auto or cpu"
+    with pytest.raises(ConfigError, match=r"^--device cuda:5: no CUDA device is visible; use auto or cpu$"):
+        distributed.resolve_device("cuda:5", key="--device")
+    assert not distributed.is_initialized()  # no process group joined as a side effect
+
+
+def test_resolve_device_with_one_gpu(one_gpu, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.resolve_device("auto") == torch.device("cuda", 0)
+    assert distributed.resolve_device("cuda") == torch.device("cuda", 0)
+    assert distributed.resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ConfigError) as err:
+        distributed.resolve_device("cuda:5")
+    assert str(err.value) == (
+        "train.device = 'cuda:5': this machine has 1 CUDA device (cuda:0); use auto, cpu or cuda:0"
+    )
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a second torchrun process on a one-GPU node
+    with pytest.raises(ConfigError, match=r"'auto': this process's LOCAL_RANK is 1 but this machine has 1 CUDA"):
+        distributed.resolve_device("auto")
+    assert distributed.resolve_device("auto", local_rank=0) == torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:", "cuda:-1", "cuda:x", "CPU", "", "tpu:0"])
+def test_resolve_device_refuses_what_is_not_a_device(spec):
+    with pytest.raises(ConfigError) as err:
+        distributed.resolve_device(spec)
+    assert str(err.value) == f"train.device = {spec!r} is not a device: use auto, cpu, cuda, cuda:N or mps"
+
+
+def test_resolve_device_mps_only_when_available(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"'mps': MPS is not available on this machine; use auto or cpu"):
+        distributed.resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert distributed.resolve_device("mps") == torch.device("mps")
+
+
+def test_init_distributed_refuses_a_missing_gpu(no_cuda, monkeypatch):
+    for key in ENV:
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        distributed.init_distributed("cuda:1")

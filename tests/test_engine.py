@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from tiny_run import TINY
 
 from hhcl.config import load_config
-from hhcl.engine import Hook, Trainer, resume_config
-from hhcl.events import read_events
+from hhcl.engine import Hook, Trainer
+from hhcl.run.checkpoint import resume_config
+from hhcl.run.events import read_raw_events as read_events
 
 
 def tiny_config(root: Path, *extra: str):
@@ -31,7 +32,7 @@ class Recorder(Hook):
         self.steps: list[tuple[int, int]] = []
 
     def on_event(self, event):
-        self.events.append(event)
+        self.events.append(event.to_dict())
 
     def after_step(self, trainer, epoch, it):
         self.steps.append((epoch, it))
@@ -63,7 +64,7 @@ def test_end_to_end_run_directory_events_and_checkpoint(synth_root, tmp_path):
     steps = [e for e in events if e["type"] == "step"]
     assert rec.steps == [(e, i) for e in range(2) for i in range(3)]
     assert all(torch.isfinite(torch.tensor(s["loss"])) and s["images_per_s"] > 0 for s in steps)
-    assert {"loss_hard", "loss_mean"} <= set(steps[0])
+    assert {"loss_hard", "loss_mean"} <= set(steps[0]["parts"])
     evals = [e for e in events if e["type"] == "eval"]
     assert [e["epoch"] for e in evals] == [0, 1]
     assert all(0 <= e["mAP"] <= 1 and len(e["cmc"]) == 3 for e in evals)
@@ -75,7 +76,7 @@ def test_end_to_end_run_directory_events_and_checkpoint(synth_root, tmp_path):
     assert {p.name for p in ckpts.iterdir()} >= {"last.safetensors", "last.state.pt", "best.safetensors"}
     assert not list(ckpts.glob("*.tmp*"))
     # the checkpoint reproduces the trained model's embeddings through the public loader
-    from hhcl.checkpoint import load_model
+    from hhcl.models import load_model
 
     model, info = load_model(run, device="cpu")
     assert info.arch == "resnet18" and (info.height, info.width) == (64, 32)

@@ -11,6 +11,7 @@ from sklearn.metrics import average_precision_score
 from stores import TinyStore
 from torch import nn
 
+from hhcl.cluster import rerank_distance
 from hhcl.evaluate import evaluate, evaluate_features, extract_features, pairwise_sq_dist, rank_metrics
 
 
@@ -205,8 +206,6 @@ def test_evaluate_features_rerank_adds_second_result():
     q_pids, g_pids = torch.arange(8) % 4, torch.arange(30) % 4
     q_cams, g_cams = torch.zeros(8, dtype=torch.long), torch.ones(30, dtype=torch.long)
     out = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, rerank=True)
-    from hhcl.cluster import rerank_distance
-
     ref = rank_metrics(rerank_distance(qf, gf, k1=20, k2=6, lambda_value=0.3), q_pids, g_pids, q_cams, g_cams)
     assert out["rerank"]["mAP"] == ref["mAP"]
     plain = rank_metrics(pairwise_sq_dist(qf, gf), q_pids, g_pids, q_cams, g_cams)

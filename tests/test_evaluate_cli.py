@@ -11,9 +11,15 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score
 from stores import TinyStore
+from test_evaluate import TinyNet, manual_features  # the tiny net and its independent features, shared
 from typer.testing import CliRunner
 
-from hhcl.evaluate import extract_features
+import hhcl.evaluation.query_gallery as query_gallery
+from hhcl.checkpoint import save_weights
+from hhcl.config import load_config
+from hhcl.data import build_dataset, open_split, prepare_synthetic
+from hhcl.evaluate import evaluate, evaluate_checkpoint, extract_features
+from hhcl.models import build_model, load_model
 from hhcl.visualize import MATCH, MISS, ranklist_image, sample_queries, save_ranklists
 from hhcl_tui.cli import app
 
@@ -61,11 +67,6 @@ def test_save_ranklists_skips_same_camera_copies(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A synthetic dataset and a run directory holding a random-init resnet18 checkpoint with its config."""
-    from hhcl.checkpoint import save_weights
-    from hhcl.config import load_config
-    from hhcl.data import prepare_synthetic
-    from hhcl.models import build_model
-
     base = tmp_path_factory.mktemp("evalrun")
     root = base / "data"
     prepare_synthetic(root, ids=6, cams=2, seed=0, height=64, width=32, progress=False)
@@ -79,15 +80,12 @@ def tiny_run(tmp_path_factory):
     return run, root
 
 
-def independent_numbers(run, root):
-    from hhcl.checkpoint import load_model
-    from hhcl.data import build_dataset, open_split
-
+def independent_numbers(run, root, amp="off"):
     model, info = load_model(run, device="cpu")
     data = build_dataset("synthetic", root)
     qs = open_split(data, "query", height=64, width=32, device="cpu", progress=False)
     gs = open_split(data, "gallery", height=64, width=32, device="cpu", progress=False)
-    qf, gf = extract_features(model, qs), extract_features(model, gs)
+    qf, gf = extract_features(model, qs, amp=amp), extract_features(model, gs, amp=amp)
     dist = torch.cdist(qf.double(), gf.double()).pow(2).numpy()
     return naive_map_r1(dist, qs.pids.numpy(), gs.pids.numpy(), qs.camids.numpy(), gs.camids.numpy())
 
@@ -125,13 +123,50 @@ def test_hhcl_eval_errors(tiny_run, tmp_path):
     assert res.exit_code == 1 and "hhcl prepare synthetic" in words(res)
 
 
+def _one_gpu(monkeypatch):
+    """A machine with one CUDA device, as far as the device check can tell."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_hhcl_eval_refuses_a_missing_gpu_and_a_bad_amp(tiny_run, monkeypatch):
+    run, root = tiny_run
+    _one_gpu(monkeypatch)
+    res = CliRunner().invoke(app, ["eval", str(run), "--root", str(root), "--device", "cuda:5"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert " ".join(res.output.split()) == (
+        "error: --device cuda:5: this machine has 1 CUDA device (cuda:0); use auto, cpu or cuda:0"
+    )
+    res = CliRunner().invoke(app, ["eval", str(run), "--root", str(root), "--device", "cpu", "--amp", "fp8"])
+    assert res.exit_code == 2 and "--amp fp8 is not allowed: use one of off, bf16, fp16" in " ".join(res.output.split())
+
+
+def test_evaluate_checkpoint_uses_the_runs_amp(tiny_run, tmp_path, monkeypatch):
+    """A run trained with train.amp = bf16 is evaluated under bf16 autocast unless told otherwise."""
+    source, root = tiny_run
+    model, info = load_model(source)
+    info.config.train.amp = "bf16"
+    run = tmp_path / "bf16run"
+    save_weights(model, run / "checkpoints" / "best.safetensors", {"config": info.config.to_toml()})
+    seen = []
+    real = query_gallery.extract_features
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["amp"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(query_gallery, "extract_features", spy)
+    report = evaluate_checkpoint(run, root=root, device="cpu", batch_size=16)
+    assert seen == ["bf16", "bf16"]
+    m_ref, r1_ref = independent_numbers(run, root, amp="bf16")
+    assert report.metrics["mAP"] == pytest.approx(m_ref, abs=1e-5)
+    assert report.metrics["ranks"][1] == pytest.approx(r1_ref)
+    evaluate_checkpoint(run, root=root, device="cpu", batch_size=16, amp="off")
+    assert seen[2:] == ["off", "off"]
+
+
 def test_viper_real_images_end_to_end(viper_dir, tmp_path):
     """Real VIPeR crops: cam_a queries vs cam_b gallery through the store, a tiny net, metrics, rank lists."""
-    from test_evaluate import TinyNet, manual_features  # the tiny net and its independent features, shared
-
-    from hhcl.data import build_dataset, open_split
-    from hhcl.evaluate import evaluate
-
     data = build_dataset("viper", viper_dir.parent)
     qs = open_split(data, "query", height=32, width=16, device="cpu", cache=False, progress=False)
     gs = open_split(data, "gallery", height=32, width=16, device="cpu", cache=False, progress=False)

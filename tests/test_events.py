@@ -1,10 +1,19 @@
-"""The event log: writing, torn lines, unknown fields, tailing a run directory that does not exist yet."""
+"""The event log: typed events, torn lines, undecodable bytes, unknown fields, tailing a run created later."""
 
 from __future__ import annotations
 
 import json
 
-from hhcl.events import EventTail, EventWriter, read_events
+from hhcl.run.events import (
+    EpochStart,
+    EventTail,
+    EventWriter,
+    RunStart,
+    Step,
+    parse_event,
+    read_events,
+    read_raw_events,
+)
 
 
 def test_tail_waits_for_a_run_directory_created_later(tmp_path):
@@ -12,22 +21,54 @@ def test_tail_waits_for_a_run_directory_created_later(tmp_path):
     tail = EventTail(run)
     assert tail.poll() == []
     with EventWriter(run / "events.jsonl") as log:
-        log.emit("epoch_start", epoch=0, lr=3.5e-4)
-    assert [e["type"] for e in tail.poll()] == ["epoch_start"]
+        log.emit(EpochStart(epoch=0, lr=3.5e-4))
+    events = tail.poll()
+    assert [type(e) for e in events] == [EpochStart] and events[0].lr == 3.5e-4
 
 
 def test_torn_last_line_and_unknown_fields(tmp_path):
     path = tmp_path / "events.jsonl"
     with EventWriter(path) as log:
-        log.emit("run_start", run="r", extra={"new": 1}, value=float("nan"))
+        log.emit(RunStart(run="r", config={"train": {"epochs": 2}}))
     with open(path, "a") as fh:
         fh.write('{"v": 1, "t": 1.0, "type": "st')  # a line being written
     tail = EventTail(tmp_path)
     events = tail.poll()
-    assert [e["type"] for e in events] == ["run_start"]
-    assert events[0]["value"] is None and events[0]["extra"] == {"new": 1}  # NaN is written as null
+    assert [e.type for e in events] == ["run_start"] and events[0].run == "r"
     with open(path, "a") as fh:
-        fh.write('ep", "epoch": 0, "iter": 9}\n')
-    assert tail.poll() == [{"v": 1, "t": 1.0, "type": "step", "epoch": 0, "iter": 9}]
-    assert [e["type"] for e in read_events(tmp_path)] == ["run_start", "step"]
+        fh.write('ep", "epoch": 0, "iter": 9, "future_field": [1]}\n')
+    assert tail.poll() == [Step(t=1.0, epoch=0, iter=9)]
+    assert [e.type for e in read_events(tmp_path)] == ["run_start", "step"]
     assert all(json.loads(line)["v"] == 1 for line in path.read_text().splitlines())
+
+
+def test_writer_starts_a_fresh_line_after_a_torn_one(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"v": 1, "t": 1.0, "type": "step", "epoch": 0, "it')  # a killed writer's last line
+    with EventWriter(path) as log:
+        log.emit(RunStart(run="again"))
+    events = read_events(path)
+    assert [(e.type, getattr(e, "run", None)) for e in events] == [("run_start", "again")]
+
+
+def test_readers_survive_undecodable_bytes_and_bad_field_types(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(
+        b'\xff\xfe garbage\n'
+        b'{"v": 1, "t": 2.0, "type": "step", "epoch": "one", "loss": 1.5, "loss_hard": 1.0, "note": "\xe9"}\n'
+        b'{"v": 1, "t": 3.0, "type": "no_such_type"}\n'
+        b'[1, 2]\n'
+    )
+    (step,) = read_events(path)
+    assert step == Step(t=2.0, epoch=None, loss=1.5, parts={"loss_hard": 1.0})  # old flat loss parts are mapped
+    assert [e["type"] for e in read_raw_events(path)] == ["step", "no_such_type"]
+
+
+def test_nan_is_written_as_null_and_read_back_as_unknown(tmp_path):
+    path = tmp_path / "events.jsonl"
+    with EventWriter(path) as log:
+        log.emit(Step(epoch=1, iter=0, loss=float("nan"), parts={"loss_ce": float("inf"), "loss_x": 2.0}))
+    raw = json.loads(path.read_text())
+    assert raw["loss"] is None and raw["parts"] == {"loss_ce": None, "loss_x": 2.0}
+    event = parse_event(raw)
+    assert event is not None and event.loss is None and event.parts == {"loss_x": 2.0}

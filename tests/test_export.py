@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from hhcl.checkpoint import CheckpointError, load_model, save_weights
+import hhcl
+from hhcl.checkpoint import CheckpointError, save_weights
 from hhcl.config import Config
-from hhcl.export import EmbedError, embed, export, load_embedder
-from hhcl.models import build_model
+from hhcl.export import EmbedError, ExportError, embed, export, load_embedder
+from hhcl.models import build_model, load_model
+from hhcl_tui.cli import app
 
 H, W = 64, 32
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -121,8 +123,6 @@ def test_export_errors(run_dir: Path, tmp_path: Path) -> None:
         export(bad, "onnx", tmp_path / "x.onnx")
     with pytest.raises(CheckpointError, match="does not exist"):
         export(tmp_path / "missing", "onnx", tmp_path / "x.onnx")
-    from hhcl.export import ExportError
-
     with pytest.raises(ExportError, match="unknown export format"):
         export(run_dir, "tflite", tmp_path / "x.tflite")
 
@@ -133,8 +133,6 @@ def _pil(seed: int, size: tuple[int, int]) -> Image.Image:
 
 
 def test_load_embedder_on_pil_images_and_tensors(run_dir: Path, onnx_file: tuple[Path, float]) -> None:
-    import hhcl
-
     assert hhcl.load_embedder is load_embedder  # the lazy top-level re-export
     embedder = load_embedder(run_dir, device="cpu")
     assert (embedder.height, embedder.width) == (H, W)
@@ -217,8 +215,6 @@ def test_embed_viper_all(run_dir: Path, viper_dir: Path, tmp_path: Path) -> None
 
 
 def test_cli_export_and_embed(run_dir: Path, tmp_path: Path) -> None:
-    from hhcl_tui.cli import app
-
     runner = CliRunner()
     done = runner.invoke(
         app, ["export", str(run_dir), "--format", "safetensors", "--out", str(tmp_path / "m.st.safetensors")]
@@ -239,3 +235,17 @@ def test_cli_export_and_embed(run_dir: Path, tmp_path: Path) -> None:
     assert done.exit_code == 1 and "junk.pth.tar" in done.output
     done = runner.invoke(app, ["export", str(run_dir), "--format", "tflite", "--out", "x.tflite"])
     assert done.exit_code == 2
+
+
+def test_cli_embed_refuses_a_missing_gpu(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # one CUDA device, as far as the check sees
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    (tmp_path / "imgs").mkdir()
+    _pil(0, (48, 128)).save(tmp_path / "imgs" / "x.png")
+    args = ["embed", str(run_dir), str(tmp_path / "imgs"), "--out", str(tmp_path / "e.npy"), "--device", "cuda:5"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2 and "Traceback" not in done.output
+    assert " ".join(done.output.split()) == (
+        "error: --device cuda:5: this machine has 1 CUDA device (cuda:0); use auto, cpu or cuda:0"
+    )
+    assert not (tmp_path / "e.npy").exists()

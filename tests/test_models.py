@@ -13,13 +13,16 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from hhcl.checkpoint import CheckpointError
 from hhcl.models import (
+    IBN,
     GeneralizedMeanPoolingP,
     GhostBatchNorm1d,
     GhostBatchNorm2d,
     WeightsNotFoundError,
     build_model,
     convert_ghost_bn,
+    resnet50_ibn_a,
 )
 
 KEYS_JSON = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hhcl-checkpoint-keys.json"
@@ -269,8 +272,6 @@ def test_imagenet_weights_from_torch_home(
 
 def test_ibn_imagenet_file_in_ibn_net_format(tmp_path: Path) -> None:
     """``resnet50_ibn_a.pth.tar``: {'state_dict': {'module.conv1.weight', ..., 'module.fc.*'}} loads strictly."""
-    from hhcl.models import resnet50_ibn_a
-
     torch.manual_seed(4)
     net = resnet50_ibn_a()
     path = tmp_path / "resnet50_ibn_a.pth.tar"
@@ -278,15 +279,11 @@ def test_ibn_imagenet_file_in_ibn_net_format(tmp_path: Path) -> None:
     model = build_model("resnet50_ibn_a", "gem", str(path))
     assert torch.equal(model.base[4][0].bn1.IN.weight, net.layer1[0].bn1.IN.weight)
     assert torch.equal(model.base[6][5].bn1.BN.running_mean, net.layer3[5].bn1.BN.running_mean)
-    from hhcl.checkpoint import CheckpointError
-
     with pytest.raises(CheckpointError, match="do not fit this backbone"):
         build_model("resnet50", "avg", str(path))
 
 
 def test_ibn_splits_channels_instance_then_batch_norm() -> None:
-    from hhcl.models import IBN
-
     torch.manual_seed(0)
     ibn = IBN(6).train()
     assert (ibn.half, ibn.IN.num_features, ibn.BN.num_features) == (3, 3, 3)

@@ -28,7 +28,7 @@ from hhcl.data.datasets import (
     has_layout,
     read_manifest,
 )
-from hhcl.data.store import CorruptImageError, build_cache, cache_paths
+from hhcl.data.store import CorruptImageError, build_cache, cache_paths, corrupt_hint
 
 SPLITS = ("train", "query", "gallery")
 EXTRACT_DIR = "files"
@@ -192,9 +192,7 @@ def _finish(
             report.caches.append(cache_paths(base, split, height, width)[0])
     corrupt = sorted(set(corrupt))
     if corrupt and not skip_corrupt:
-        raise CorruptImageError(
-            corrupt, f"fix or delete them, or re-run with --skip-corrupt to leave them out of {name}"
-        )
+        raise CorruptImageError(corrupt, corrupt_hint(name, base.parent))
     report.skipped = corrupt
     report.warnings += [f"skipped corrupt image {p}" for p in corrupt]
     manifest = {

@@ -23,7 +23,7 @@ from torch import Tensor
 
 TOPK = 100  # CMC length, as the reference's cmc(topk=100)
 NBINS = 4096  # histogram bins per row between min(0, chunk minimum) and the query's farthest positive
-_CHUNK_ELEMS = 1 << 22  # distance entries per query chunk (the bin indices take 8 bytes each)
+CHUNK_ELEMS = 1 << 22  # distance entries per query chunk (the bin indices take 8 bytes each)
 _FIX_ELEMS = 1 << 21  # (selected item x threshold) comparisons per exact-fix block
 
 
@@ -243,7 +243,7 @@ def rank_metrics(
         raise ValueError(f"g_pids has {acc.num_gallery} entries but distmat has {g} gallery columns")
     qp = _labels(q_pids, q, "q_pids", d.device)
     qc = _labels(q_camids, q, "q_camids", d.device)
-    step = chunk if chunk is not None else max(1, _CHUNK_ELEMS // max(g, 1))
+    step = chunk if chunk is not None else max(1, CHUNK_ELEMS // max(g, 1))
     if step < 1:
         raise ValueError(f"chunk must be a positive number of query rows, got {chunk}")
     for s in range(0, q, step):

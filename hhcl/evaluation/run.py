@@ -10,8 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hhcl.evaluation.features import extract_features, pairwise_sq_dist
-from hhcl.evaluation.metrics import rank_metrics
+import torch
+
+from hhcl.config import AMP_MODES
+from hhcl.data import build_dataset, open_split
+from hhcl.distributed import resolve_device
+from hhcl.evaluation.features import pairwise_sq_dist
+from hhcl.evaluation.query_gallery import evaluate_features, reranked_metrics, split_features
+from hhcl.models.loading import load_model
+from hhcl.visualize import sample_queries, save_ranklists
 
 
 class EvalError(ValueError):
@@ -72,28 +79,26 @@ def evaluate_checkpoint(
     dataset: str | None = None,
     rerank: bool = False,
     flip: bool | None = None,
+    amp: str | None = None,
     batch_size: int = 256,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     ranklist: int = 0,
     out_dir: str | os.PathLike[str] | None = None,
     num_ranklists: int = 20,
 ) -> EvalReport:
     """Load the model, extract query/gallery features, compute mAP/CMC (and re-ranked), draw rank lists.
 
-    ``dataset`` defaults to the run's ``data.dataset``; ``flip`` to its ``eval.flip``. ``ranklist`` K > 0
-    writes ``num_ranklists`` PNGs with the top K under ``out_dir``.
+    ``dataset``, ``flip`` and ``amp`` default to the run's ``data.dataset``, ``eval.flip`` and ``train.amp``
+    (off for a checkpoint without a config). ``device`` is checked as ``--device``. ``ranklist`` K > 0 writes
+    ``num_ranklists`` PNGs with the top K under ``out_dir``.
     """
-    from hhcl.checkpoint import load_model
-    from hhcl.data import build_dataset, open_split
-    from hhcl.engine import resolve_device
-    from hhcl.evaluate import evaluate_features, rerank_distances
-    from hhcl.visualize import sample_queries, save_ranklists
-
     if ranklist and out_dir is None:
         raise EvalError("--ranklist K needs --out DIR: the folder to write the rank-list PNGs to")
     if ranklist < 0:
         raise EvalError(f"--ranklist must be a positive number of gallery images per row, got {ranklist}")
-    dev = resolve_device(device)
+    if amp is not None and amp not in AMP_MODES:
+        raise EvalError(f"--amp {amp} is not allowed: use one of {', '.join(AMP_MODES)}")
+    dev = resolve_device(device, key="--device")
     t0 = time.perf_counter()
     model, info = load_model(run_or_checkpoint, device=dev)
     cfg = info.config
@@ -111,23 +116,23 @@ def evaluate_checkpoint(
         )
     size = {"height": info.height, "width": info.width, "device": dev}
     qs, gs = open_split(data, "query", **size), open_split(data, "gallery", **size)
-    flip = cfg.eval.flip if flip is None and cfg is not None else bool(flip)
+    if flip is None:
+        flip = cfg.eval.flip if cfg is not None else False
+    if amp is None:
+        amp = cfg.train.amp if cfg is not None else "off"
     t1 = time.perf_counter()
-    qf = extract_features(model, qs, batch_size=batch_size, flip=flip)
-    gf = extract_features(model, gs, batch_size=batch_size, flip=flip)
+    f = split_features(model, qs, gs, batch_size=batch_size, flip=flip, amp=amp)
     t2 = time.perf_counter()
-    labels = (qs.pids.to(dev), gs.pids.to(dev), qs.camids.to(dev), gs.camids.to(dev))
-    metrics = evaluate_features(qf, gf, *labels)
+    metrics = evaluate_features(f.query, f.gallery, *f.labels)
     seconds = {"load": t1 - t0, "features": t2 - t1, "metrics": time.perf_counter() - t2}
     reranked = None
     if rerank:
         t3 = time.perf_counter()
-        reranked = rerank_distances(qf, gf)
-        metrics["rerank"] = rank_metrics(reranked, *labels)
+        metrics["rerank"], reranked = reranked_metrics(f.query, f.gallery, *f.labels)
         seconds["rerank"] = time.perf_counter() - t3
     paths: list[Path] = []
     if ranklist:
         sel = sample_queries(len(qs), num_ranklists).to(dev)
-        rows = reranked[sel] if reranked is not None else pairwise_sq_dist(qf[sel], gf)
+        rows = reranked[sel] if reranked is not None else pairwise_sq_dist(f.query[sel], f.gallery)
         paths = save_ranklists(rows, sel.cpu(), qs, gs, topk=ranklist, out_dir=Path(str(out_dir)))
     return EvalReport(info.source, name, info.arch, len(qs), len(gs), metrics, seconds, paths)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ import torchvision.models as tvm
 from torch import nn
 from torch.nn import init
 
+from hhcl.checkpoint import CheckpointError, load_weights
 from hhcl.models.ghost_bn import convert_ghost_bn
 from hhcl.models.pooling import build_pooling
 from hhcl.models.resnet_ibn_a import resnet50_ibn_a
@@ -86,12 +88,15 @@ class ReIDNet(nn.Module):
 
 
 def _load_pretrained(model: ReIDNet, path: str) -> None:
-    """Load a backbone (or whole-model) weight file; every backbone tensor must be present and fit."""
-    from hhcl.checkpoint import CheckpointError, load_weights
+    """Load a backbone (or whole-model) weight file; every backbone tensor must be present and fit.
 
-    report = load_weights(model, path)
-    missing = [k for k in report.missing if k.startswith("base.")]
-    if missing or report.unexpected or report.mismatched:
+    Only ``num_batches_tracked`` may be missing: files saved before PyTorch 0.4.1 (torchvision's
+    resnet50-19c8e357.pth, IBN-Net's resnet50_ibn_a.pth.tar) have none, and it only counts batches.
+    """
+    loaded = load_weights(model, path)
+    missing = [k for k in loaded.missing if k.startswith("base.") and not k.endswith(".num_batches_tracked")]
+    report = replace(loaded, missing=missing)  # the neck is not in a backbone file: name only what matters
+    if not report.ok:
         raise CheckpointError(f"pretrained weights '{path}' do not fit this backbone: {report}")
 
 

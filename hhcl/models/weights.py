@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torchvision.models as tvm
 
 # The IBN-Net ImageNet checkpoint HHCL used (IBN-Net README, Google Drive), then the later GitHub release.
 IBN_FILES = ("resnet50_ibn_a.pth.tar", "resnet50_ibn_a-d9d0bb7b.pth")
@@ -28,8 +29,6 @@ def hub_checkpoints_dir() -> Path:
 
 
 def _torchvision_url(arch: str) -> str:
-    import torchvision.models as tvm
-
     enum = {
         "resnet18": tvm.ResNet18_Weights,
         "resnet34": tvm.ResNet34_Weights,

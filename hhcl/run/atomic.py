@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hhcl.run.faults import fault_point
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -39,7 +41,11 @@ def write_tmp(path: str | os.PathLike[str], data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            half = len(data) // 2
+            handle.write(data[:half])
+            handle.flush()
+            fault_point(f"write:{path.name}:half")  # tests kill the process in the middle of a write
+            handle.write(data[half:])
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hhcl.run.lock import check_free
+
 CONFIG_FILE = "config.toml"
 EVENTS_FILE = "events.jsonl"
 LOG_FILE = "log.txt"
@@ -109,7 +111,7 @@ def plan_run_dir(runs_dir: str | os.PathLike[str], name: str) -> Path:
 
     A fresh name, an empty folder, or a run that ended before its first checkpoint (nothing to resume) can be
     (re)started; a run with a checkpoint is refused (continue it with ``--resume``), and so is a folder that is
-    not a run directory. Whether another process holds the run is the lock's business (:mod:`hhcl.run.lock`).
+    not a run directory. A run another live process holds is refused naming its pid and host.
     """
     path = check_runs_dir(runs_dir) / name
     if path.exists() and not path.is_dir():
@@ -117,6 +119,7 @@ def plan_run_dir(runs_dir: str | os.PathLike[str], name: str) -> Path:
     if not path.is_dir() or not any(path.iterdir()):
         return path
     layout = RunLayout(path)
+    check_free(layout.lock)
     if layout.has_checkpoint():
         raise RunDirError(
             f"run directory '{path}' already exists and has a checkpoint: pick another --name, "

@@ -31,6 +31,7 @@ def eval_cmd(
     root: Annotated[Path | None, typer.Option(help="data root (default $HHCL_DATA or ./data)")] = None,
     rerank: Annotated[bool, typer.Option("--rerank", help="also report k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")] = False,
     flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="average with flipped images (default: eval.flip)")] = None,
+    amp: Annotated[str | None, typer.Option(help="off, bf16 or fp16 autocast for the features (default: train.amp)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the numbers to this JSON file")] = None,
     ranklist: Annotated[int, typer.Option(help="draw rank lists with the top K gallery images (needs --out)")] = 0,
     out: Annotated[Path | None, typer.Option(help="folder for the rank-list PNGs")] = None,
@@ -40,10 +41,10 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model on a dataset's query/gallery split: mAP, R1, R5, R10 (the reference's protocol)."""
     from hhcl.checkpoint import CheckpointError
-    from hhcl.run.atomic import atomic_write_bytes
     from hhcl.config import ConfigError
     from hhcl.data import CorruptImageError, DatasetFormatError, DatasetNotFoundError
     from hhcl.evaluate import EvalError, evaluate_checkpoint
+    from hhcl.run.atomic import atomic_write_bytes
 
     if batch_size < 1:
         raise fail(f"--batch-size {batch_size} is not allowed: use 1 or more.")
@@ -59,6 +60,7 @@ def eval_cmd(
                 dataset=dataset,
                 rerank=rerank,
                 flip=flip,
+                amp=amp,
                 batch_size=batch_size,
                 device=device,
                 ranklist=ranklist,

@@ -50,6 +50,7 @@ def embed(
 ) -> None:
     """Embed every image under IMAGES_DIR (sorted path order) into FILE.npy, with the file list in FILE.txt."""
     from hhcl.checkpoint import CheckpointError
+    from hhcl.config import ConfigError
     from hhcl.export import EmbedError
     from hhcl.export import embed as run_embed
 
@@ -67,9 +68,11 @@ def embed(
                 device=device,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
+    except ConfigError as err:  # a --device this machine does not have
+        raise fail(str(err)) from None
     except (CheckpointError, EmbedError) as err:
         raise fail(str(err), 1) from None
-    except RuntimeError as err:  # e.g. an unknown or unavailable --device
+    except RuntimeError as err:  # e.g. an exported file that torch.jit or onnxruntime cannot run
         raise fail(f"embedding failed: {err}", 1) from None
     console.print(
         f"[green]wrote[/] {result.out} ({result.shape[0]} x {result.shape[1]} float32) "

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hhcl.events import EVENTS_FILE
-from hhcl.rundir import CONFIG_FILE
+from hhcl.run.layout import CONFIG_FILE, EVENTS_FILE, RunLayout
 from hhcl_tui.common import fail
 
 
@@ -18,7 +17,7 @@ def monitor(
     """Watch a run in the terminal: progress, loss, clusters, mAP/R1; tails a live run, replays a finished one."""
     if not run_dir.exists():
         raise fail(f"run directory '{run_dir}' does not exist: give a run directory such as runs/<name> (see `ls runs`).")
-    if run_dir.is_dir() and not (run_dir / EVENTS_FILE).exists() and not (run_dir / CONFIG_FILE).exists():
+    if run_dir.is_dir() and not RunLayout(run_dir).is_run():
         raise fail(
             f"'{run_dir}' is not a run directory: it has no {EVENTS_FILE} or {CONFIG_FILE}. "
             "Give the directory `hhcl train` created (runs/<name>)."

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from hhcl_tui.common import console, data_root, err_console, fail
 
@@ -70,14 +71,16 @@ def prepare(
         ValueError,
     ) as err:  # missing/incomplete layout, unsafe archive, bad names: exit 2
         raise fail(str(err), 2) from None
-    for warning in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    table = Table(title=f"{dataset} in {report.top}", header_style="bold cyan")
+    for warning in report.warnings:  # plain text: a path may hold "[x]", which is not markup
+        err_console.print(Text.assemble(("warning:", "yellow"), " ", warning))
+    table = Table(title=Text(f"{dataset} in {report.top}"), header_style="bold cyan")
     for col in ("split", "images", "published"):
         table.add_column(col, justify="right")
     for split, n in report.counts.items():
         table.add_row(split, f"{n:,}", f"{report.published[split]:,}" if report.published else "-")
     console.print(table)
     console.print(
-        f"cache: {', '.join(str(p) for p in report.caches)}  ({report.seconds:.1f} s)", highlight=False
+        f"cache: {', '.join(str(p) for p in report.caches)}  ({report.seconds:.1f} s)",
+        highlight=False,
+        markup=False,
     )

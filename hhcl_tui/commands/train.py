@@ -12,10 +12,9 @@ import typer
 from rich.syntax import Syntax
 
 from hhcl.config import Config, ConfigError
-from hhcl.rundir import CONFIG_FILE, default_run_name, plan_run_dir
+from hhcl.run.layout import RunDirError, default_run_name, plan_run_dir
+from hhcl.run.lock import RunLockedError
 from hhcl_tui.common import console, data_root, fail, resolve_config
-
-EXIT = {"ok": 0, "error": 1, "interrupted": 130}
 
 
 def _under_torchrun() -> bool:
@@ -64,7 +63,7 @@ def train(
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="GPUs (processes) on this node; >1 launches torchrun")] = 1,
 ) -> None:
     """Train an HHCL model (unsupervised by default) and evaluate it every train.eval_every epochs."""
-    from hhcl.engine import resume_config
+    from hhcl.run.checkpoint import resume_config
 
     if resume is not None:
         if preset is not None:
@@ -79,18 +78,19 @@ def train(
             raise fail("give --preset NAME|FILE (see `hhcl presets list`), or --resume RUN_DIR.")
         cfg = resolve_config(preset, set_, root)
         label = preset
-        run_name = name or default_run_name(cfg, preset)
+        run_name = name or default_run_name(cfg.data.dataset, cfg.model.arch, preset)
         if _under_torchrun():  # the launcher checked the directory; ranks agree on rank 0's name
             run_dir = runs_dir / _agreed_name(run_name)
         else:
             try:
                 run_dir = plan_run_dir(runs_dir, run_name)
-            except FileExistsError as err:
+            except (RunDirError, RunLockedError) as err:
                 raise fail(str(err)) from None
 
     if dry_run:
         console.print(Syntax(cfg.to_toml(), "toml", theme="ansi_dark", background_color="default"))
-        console.print(f"run directory: [bold]{run_dir}[/]" + (" (resumed)" if resume else " (not created: dry run)"))
+        note = " (resumed)" if resume else " (not created: dry run)"
+        console.print(f"run directory: {run_dir}{note}", highlight=False, markup=False)
         raise typer.Exit(0)
 
     if nproc_per_node > 1 and not _under_torchrun():
@@ -99,7 +99,7 @@ def train(
             argv += ["--runs-dir", str(runs_dir)]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
                "-m", "hhcl", *argv]
-        console.print(f"launching {nproc_per_node} processes: {' '.join(cmd)}", highlight=False)
+        console.print(f"launching {nproc_per_node} processes: {' '.join(cmd)}", highlight=False, markup=False)
         if tui:
             raise typer.Exit(_run_with_dashboard(cmd, run_dir))
         raise typer.Exit(subprocess.call(cmd))
@@ -121,26 +121,32 @@ def _with_root(sets: list[str] | None, root: Path | None) -> list[str]:
 
 
 def run_training(cfg: Config, run_dir: Path, *, preset: str | None, resume: bool) -> int:
-    """Create the run directory (rank 0), train with console reporting, return the exit code."""
-    from hhcl.run.atomic import atomic_write_bytes
-    from hhcl.data import DatasetNotFoundError
+    """Train with console reporting (rank 0 prints); returns the exit code (0, 1, 2, 130 or 143)."""
     from hhcl.engine import Trainer
     from hhcl.reporting import ConsoleReporter
 
     main = int(os.environ.get("RANK", "0")) == 0
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / CONFIG_FILE, cfg.to_toml().encode())
     hooks = [ConsoleReporter(run_dir, console)] if main else []
     try:
         result = Trainer(cfg, run_dir, preset=preset, resume=resume, hooks=hooks).fit()
-    except (DatasetNotFoundError, FileNotFoundError, ConfigError) as err:
+    except (ConfigError, RunLockedError) as err:  # refused before the run directory was touched
         raise fail(str(err)) from None
-    if result.status == "ok" and main:
-        console.print(f"run directory: [bold]{run_dir}[/]  (watch: hhcl monitor {run_dir}; evaluate: hhcl eval {run_dir})")
-    elif result.status == "interrupted" and main:
-        console.print(f"[yellow]{result.message}[/]")
-    return EXIT[result.status]
+    if not main:
+        return result.exit_code
+    if result.status == "ok":
+        console.print(f"run directory: {run_dir}  (watch: hhcl monitor {run_dir}; evaluate: hhcl eval {run_dir})", highlight=False, markup=False)
+    elif result.status == "interrupted":
+        console.print(result.message, style="yellow", highlight=False, markup=False)
+    else:
+        lines = [result.message, f"  while {result.where}"]
+        if result.hint:
+            lines.append(f"  try: {result.hint}")
+        lines.append(
+            f"  continue with: {result.resume}" if result.resume
+            else f"  nothing to resume yet: start it again with the same command (the run directory {run_dir} is reused)"
+        )
+        fail("\n".join(lines), result.exit_code)
+    return result.exit_code
 
 
 def _run_with_dashboard(cmd: list[str], run_dir: Path) -> int:
@@ -160,4 +166,6 @@ def demo(
     from hhcl.demo import run_demo
 
     result = run_demo(data_root(root), runs_dir, console=console)
-    raise typer.Exit(EXIT[result.status])
+    if result.status == "error":
+        raise fail(result.message, result.exit_code)
+    raise typer.Exit(result.exit_code)

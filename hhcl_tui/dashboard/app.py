@@ -1,12 +1,15 @@
 """The Textual dashboard over one run's ``events.jsonl``: tails it live, or replays a finished run.
 
-The app only reads the event log (through :class:`hhcl.events.EventTail`), folds it into a
-:class:`RunState` and redraws; with a training ``process`` attached, quitting asks whether to stop it.
+The app only reads the event log (through :class:`hhcl.run.events.EventTail`), folds it into a
+:class:`RunState`, re-checks the run's liveness on every poll (new events or not) and redraws; with a
+training ``process`` attached, quitting asks whether to stop it.
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from textual.app import App, ComposeResult
@@ -16,9 +19,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Header, Label, ProgressBar, RichLog, Sparkline, Static
 from textual_plotext import PlotextPlot
 
-from hhcl.events import EventTail
+from hhcl.run.events import EventTail
+from hhcl.run.layout import RunLayout
 from hhcl_tui.dashboard import view
-from hhcl_tui.dashboard.state import RunState, add_log, downsample, new_log_lines, reduce_events
+from hhcl_tui.dashboard.state import RunState, add_log, new_log_lines, reduce_events, update_liveness
 
 MAX_PLOT_POINTS = 400
 
@@ -63,15 +67,19 @@ class DashboardApp(App[str]):
         *,
         process: subprocess.Popen | None = None,
         poll_interval: float = 0.5,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """Watch ``run_dir`` (or its events.jsonl); ``clock`` gives unix seconds for liveness (tests fix it)."""
         super().__init__()
         self.run_dir = Path(run_dir)
         self.process = process
         self.poll_interval = poll_interval
+        self.clock = clock
         self.state = RunState()
         self._tail = EventTail(self.run_dir)
         self._log_seen = 0
-        self._plotted: tuple[int, int, int] | None = None
+        self._shown_status = ""
+        self._plotted: tuple[int, int, int, int] | None = None
         self._process_noted = False
 
     # -- layout -----------------------------------------------------------------------------------
@@ -112,21 +120,24 @@ class DashboardApp(App[str]):
         }
         for wid, title in titles.items():
             self.query_one(f"#{wid}").border_title = title
-        self.sub_title = self.run_dir.name
+        self.sub_title = RunLayout.of(self.run_dir).root.name
         self.poll()
         self.set_interval(self.poll_interval, self.poll)
 
     # -- updates ----------------------------------------------------------------------------------
     def poll(self) -> None:
-        """Read what the log gained since the last poll and redraw what changed."""
+        """Read what the log gained since the last poll, re-check liveness, and redraw what changed."""
         events = self._tail.poll()
         if events:
             reduce_events(events, self.state)
         self._check_process()
-        if events or self.state.n_log != self._log_seen or self._plotted is None:
+        update_liveness(self.state, self.clock(), process_gone=self._process_noted)
+        changed = view.status_label(self.state) != self._shown_status  # e.g. "no news for 3 min" -> "4 min"
+        if events or changed or self.state.n_log != self._log_seen or self._plotted is None:
             self.refresh_view()
 
     def _check_process(self) -> None:
+        """Note (once) in the log that the attached training process exited, with its exit code."""
         if self.process is None or self._process_noted:
             return
         code = self.process.poll()
@@ -135,13 +146,12 @@ class DashboardApp(App[str]):
         self._process_noted = True
         level = "good" if code == 0 else "error"
         add_log(self.state, self.state.last_t, level, f"training process exited with code {code}")
-        if not self.state.finished:
-            self.state.status = "exited" if code == 0 else f"exited ({code})"
 
     def refresh_view(self) -> None:
         """Redraw every panel from ``self.state``."""
         state = self.state
-        self.sub_title = f"{state.run or self.run_dir.name} · {state.status}"
+        self._shown_status = view.status_label(state)
+        self.sub_title = f"{state.run or RunLayout.of(self.run_dir).root.name} · {self._shown_status}"
         self.query_one("#run", Static).update(view.run_text(state))
         self.query_one("#epoch-text", Static).update(view.epoch_text(state))
         self.query_one("#eta-text", Static).update(view.eta_text(state))
@@ -164,31 +174,31 @@ class DashboardApp(App[str]):
         self._redraw_plots()
 
     def _redraw_plots(self) -> None:
+        """Replot the loss and mAP/R1 curves when they gained points or a fresh attempt reset them."""
         state = self.state
-        key = (len(state.loss_points), len(state.evals), state.iters_per_epoch or 0)
+        key = (state.attempt, len(state.loss_points), len(state.evals), state.iters_per_epoch or 0)
         if key == self._plotted:
             return
         self._plotted = key
         loss = self.query_one("#loss", PlotextPlot)
         plt = loss.plt
         plt.clear_data()
-        points = downsample(state.loss_points, MAX_PLOT_POINTS)
-        per = state.iters_per_epoch or 1
+        points = view.loss_curve(state, MAX_PLOT_POINTS)
         if points:
-            plt.plot([x / per for x, _ in points], [y for _, y in points], marker="braille", color="cyan")
+            plt.plot([x for x, _ in points], [y for _, y in points], marker="braille", color="cyan")
         loss.refresh()
         evals = self.query_one("#eval-plot", PlotextPlot)
         plt = evals.plt
         plt.clear_data()
-        if state.evals:
-            epochs = [e.epoch + 1 for e in state.evals]
-            plt.plot(epochs, [e.mAP * 100 for e in state.evals], marker="braille", color="green", label="mAP")
-            r1 = [(e.epoch + 1, e.r1 * 100) for e in state.evals if e.r1 is not None]
+        points = view.eval_points(state)
+        if points:
+            epochs = [x for x, _, _ in points]
+            plt.plot(epochs, [m for _, m, _ in points], marker="braille", color="green", label="mAP")
+            r1 = [(x, r) for x, _, r in points if r is not None]
             if r1:
                 plt.plot([x for x, _ in r1], [y for _, y in r1], marker="braille", color="magenta", label="R1")
-            best = state.best_eval
-            assert best is not None
-            plt.scatter([best.epoch + 1], [best.mAP * 100], marker="★", color="yellow")
+            best = max(points, key=lambda p: p[1])  # the first of equal maxima, like RunState.best_eval
+            plt.scatter([best[0]], [best[1]], marker="★", color="yellow")
         evals.refresh()
 
     # -- actions ----------------------------------------------------------------------------------
@@ -197,12 +207,14 @@ class DashboardApp(App[str]):
         self.state = RunState()
         self._tail = EventTail(self.run_dir)
         self._log_seen = 0
+        self._shown_status = ""
         self._plotted = None
         self._process_noted = False
         self.query_one("#log", RichLog).clear()
         self.poll()
 
     def action_toggle_dark(self) -> None:
+        """Switch between the light and the dark theme."""
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
 
     async def action_quit(self) -> None:

@@ -1,19 +1,43 @@
-"""The dashboard's model: a pure reducer from event-log events to a :class:`RunState` (no Textual here).
+"""The dashboard's model: a pure reducer from typed event-log events to a :class:`RunState` (no Textual here).
 
-Every field read from an event is optional: unknown event types and unknown fields are ignored, missing
-or malformed numbers leave the previous value, so a torn, old or foreign log never crashes the view.
+Events come from :mod:`hhcl.run.events` (unknown types and malformed fields are already dropped there), so
+the reducer dispatches on the event class and reads typed fields; a ``None`` field leaves the previous value.
+Epoch and iteration indices stay 0-based in the state, as in the events; every text shows them 1-based.
+Liveness (a run whose process died without a ``run_end``, or went silent) is derived by
+:func:`update_liveness` from the clock and the run's pid/host, both injectable.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import os
+import socket
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hhcl.run.events import (
+    NO_NEWS_SECONDS,
+    RUN_STATUSES,
+    Checkpoint,
+    Cluster,
+    EpochStart,
+    Error,
+    Eval,
+    Event,
+    RunEnd,
+    RunStart,
+    Step,
+    epoch_label,
+)
+
 LOG_LINES = 200
 STAGES = ("extract", "knn", "jaccard", "dbscan")
+#: waiting (no run_start yet), running, the run_end statuses, and the two liveness states: stopped (the
+#: process is gone without a run_end) and silent (nothing written for more than NO_NEWS_SECONDS)
+STATUSES = ("waiting", "running", *RUN_STATUSES, "stopped", "silent")
+LIVE_STATUSES = ("running", "stopped", "silent")
 
 
 @dataclass
@@ -30,13 +54,14 @@ class ClusterRecord:
 
 @dataclass
 class EvalRecord:
-    """One evaluation: mAP and CMC ranks as fractions in [0, 1]."""
+    """One evaluation: mAP, CMC ranks and the re-ranked mAP as fractions in [0, 1]."""
 
     epoch: int
     mAP: float
     r1: float | None
     r5: float | None
     r10: float | None
+    rerank_mAP: float | None = None
 
 
 @dataclass
@@ -60,14 +85,15 @@ class RunState:
     n_train: int | None = None
     n_query: int | None = None
     n_gallery: int | None = None
+    pid: int | None = None
+    host: str | None = None
     total_epochs: int | None = None
     iters_per_epoch: int | None = None
     epoch: int | None = None
     iter: int | None = None
     lr: float | None = None
     loss: float | None = None
-    loss_hard: float | None = None
-    loss_mean: float | None = None
+    parts: dict[str, float] = field(default_factory=dict)  # the latest step's named loss parts
     images_per_s: float | None = None
     data_wait: float | None = None
     loss_points: list[tuple[int, float]] = field(default_factory=list)
@@ -75,18 +101,18 @@ class RunState:
     evals: list[EvalRecord] = field(default_factory=list)
     best_map: float | None = None
     last_checkpoint: str | None = None
-    status: str = "waiting"  # waiting | running | ok | failed | interrupted | ...
+    status: str = "waiting"  # one of STATUSES
+    silent_for: float | None = None  # seconds without news, while status is "silent"
     elapsed: float | None = None
     start_t: float | None = None
     last_t: float | None = None
     progress_t: float | None = None
     pace_t0: float | None = None  # ETA pace is measured from the latest run_start (a resume restarts it)
     pace_done0: int = 0
-    errors: list[str] = field(default_factory=list)
     log: deque[LogLine] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     n_log: int = 0  # log lines ever appended (the deque keeps the last LOG_LINES)
     n_events: int = 0
-    n_ignored: int = 0
+    attempt: int = 0  # fresh starts seen in this log (a run restarted from scratch under the same name)
 
     # -- derived values -------------------------------------------------------------------------
     @property
@@ -116,9 +142,14 @@ class RunState:
 
     @property
     def eta_seconds(self) -> float | None:
-        """Time left at the average pace so far (clustering and evaluation included); None if unknown."""
-        if self.finished:
+        """Time left at the average pace so far (clustering and evaluation included); None if unknown.
+
+        A run that is stopped or silent gets no estimate: its pace says nothing about when it ends.
+        """
+        if self.ended:
             return 0.0
+        if self.status != "running":
+            return None
         total, done = self.total_iters, self.done_iters
         t0 = self.pace_t0 if self.pace_t0 is not None else self.start_t
         if not total or done <= self.pace_done0 or t0 is None or self.progress_t is None:
@@ -129,8 +160,9 @@ class RunState:
         return spent * max(0, total - done) / (done - self.pace_done0)
 
     @property
-    def finished(self) -> bool:
-        return self.status not in ("waiting", "running")
+    def ended(self) -> bool:
+        """Whether the run said how it ended (a ``run_end`` after the latest ``run_start``)."""
+        return self.status in RUN_STATUSES
 
     @property
     def best_eval(self) -> EvalRecord | None:
@@ -143,48 +175,14 @@ class RunState:
 
     @property
     def last_cluster(self) -> ClusterRecord | None:
+        """The latest clustering, or None before the first one."""
         return self.clusters[-1] if self.clusters else None
 
     def rel_time(self, t: float | None) -> float | None:
+        """Seconds from the run's start to unix time ``t`` (None when either is unknown)."""
         if t is None or self.start_t is None:
             return None
         return t - self.start_t
-
-
-# -- field readers: tolerate missing keys and wrong types ----------------------------------------
-
-
-def _num(event: Mapping[str, Any], key: str) -> float | None:
-    value = event.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _int(event: Mapping[str, Any], key: str) -> int | None:
-    value = _num(event, key)
-    return int(value) if value is not None else None
-
-
-def _str(event: Mapping[str, Any], key: str) -> str | None:
-    value = event.get(key)
-    return value if isinstance(value, str) else None
-
-
-def _frac(value: float | None) -> float | None:
-    """Metrics as fractions: a value above 1 is taken to be a percentage."""
-    if value is None:
-        return None
-    return value / 100.0 if value > 1.0 else value
-
-
-def _config_get(config: Any, section: str, key: str) -> Any:
-    if isinstance(config, Mapping):
-        part = config.get(section)
-        if isinstance(part, Mapping):
-            return part.get(key)
-    return None
 
 
 # -- the reducer ----------------------------------------------------------------------------------
@@ -202,157 +200,152 @@ def new_log_lines(state: RunState, seen: int) -> list[LogLine]:
     return list(state.log)[len(state.log) - fresh :] if fresh > 0 else []
 
 
-def _on_run_start(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
-    config = e.get("config")
-    state.run = _str(e, "run") or state.run
-    state.preset = _str(e, "preset") or state.preset
-    dataset = _str(e, "dataset") or _config_get(config, "data", "dataset")
-    state.dataset = dataset if isinstance(dataset, str) else state.dataset
-    state.device = _str(e, "device") or state.device
-    state.world_size = _int(e, "world_size") or state.world_size
-    for name in ("n_train", "n_query", "n_gallery"):
-        value = _int(e, name)
-        if value is not None:
-            setattr(state, name, value)
-    epochs = _int(e, "epochs") or _config_get(config, "train", "epochs")
-    iters = _int(e, "iters") or _config_get(config, "train", "iters")
-    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0:
-        state.total_epochs = epochs
-    if isinstance(iters, int) and not isinstance(iters, bool) and iters > 0:
-        state.iters_per_epoch = iters
-    start_epoch, start_iter = _int(e, "start_epoch"), _int(e, "start_iter")
-    if start_epoch is not None:
-        state.epoch, state.iter = start_epoch, (start_iter - 1 if start_iter else None)
+def _dataset(config: dict[str, Any] | None) -> str | None:
+    """``config.data.dataset`` of a run_start (the config is free-form JSON, so its shape is checked)."""
+    data = (config or {}).get("data")
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    return dataset if isinstance(dataset, str) else None
+
+
+def _restart(state: RunState) -> None:
+    """Forget an earlier attempt's progress, curves, clusters and evals; the log lines stay."""
+    blank = RunState(log=state.log, n_log=state.n_log, n_events=state.n_events, attempt=state.attempt)
+    for f in dataclasses.fields(RunState):
+        setattr(state, f.name, getattr(blank, f.name))
+
+
+def _on_run_start(state: RunState, e: RunStart, t: float | None) -> None:
+    fresh = not e.resumed and not e.start_epoch and not e.start_iter
+    if fresh and state.status != "waiting":  # started again from scratch after an earlier attempt
+        _restart(state)
+        state.start_t = state.last_t = t
+    if fresh:
+        state.attempt += 1
+    state.run = e.run or state.run
+    state.preset = e.preset or state.preset
+    state.dataset = _dataset(e.config) or state.dataset
+    state.device = e.device or state.device
+    state.world_size = e.world_size or state.world_size
+    state.n_train = e.n_train if e.n_train is not None else state.n_train
+    state.n_query = e.n_query if e.n_query is not None else state.n_query
+    state.n_gallery = e.n_gallery if e.n_gallery is not None else state.n_gallery
+    state.pid, state.host = e.pid, e.host
+    if e.epochs and e.epochs > 0:
+        state.total_epochs = e.epochs
+    if e.iters and e.iters > 0:
+        state.iters_per_epoch = e.iters
+    if e.start_epoch is not None:
+        state.epoch, state.iter = e.start_epoch, (e.start_iter - 1 if e.start_iter else None)
     state.pace_t0, state.pace_done0 = t, state.done_iters
-    state.status = "running"
+    state.status, state.silent_for = "running", None
     where = state.device or "?"
     if state.world_size and state.world_size > 1:
         where += f" x{state.world_size}"
-    verb = "resumed" if e.get("resumed") is True else "started"
+    verb = "started" if state.attempt <= 1 else f"started again (attempt {state.attempt})"
+    verb = "resumed" if e.resumed else verb
     add_log(state, t, "info", f"run {state.run or '?'} {verb} on {where}")
+    for note in e.notes:
+        add_log(state, t, "warn", note)
 
 
-def _on_epoch_start(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
-    epoch = _int(e, "epoch")
-    if epoch is not None:
-        state.epoch, state.iter = epoch, None
+def _on_epoch_start(state: RunState, e: EpochStart, t: float | None) -> None:
+    if e.epoch is not None:
+        state.epoch, state.iter = e.epoch, None
         state.progress_t = t if t is not None else state.progress_t
-    lr = _num(e, "lr")
-    if lr is not None:
-        state.lr = lr
-    total = f"/{state.total_epochs}" if state.total_epochs else ""
-    shown = epoch + 1 if epoch is not None else "?"
-    add_log(state, t, "info", f"epoch {shown}{total} started" + (f" · lr {lr:.2e}" if lr is not None else ""))
+    if e.lr is not None:
+        state.lr = e.lr
+    lr = f" · lr {e.lr:.2e}" if e.lr is not None else ""
+    add_log(state, t, "info", f"{epoch_label(e.epoch, state.total_epochs)} started{lr}")
 
 
-def _on_cluster(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
-    raw = e.get("seconds")
-    seconds = {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)} if isinstance(raw, Mapping) else {}
-    epoch = _int(e, "epoch")
+def _on_cluster(state: RunState, e: Cluster, t: float | None) -> None:
     record = ClusterRecord(
-        epoch=epoch if epoch is not None else (state.epoch or 0),
-        n_samples=_int(e, "n_samples"),
-        n_clusters=_int(e, "n_clusters"),
-        n_outliers=_int(e, "n_outliers"),
-        outlier_ratio=_num(e, "outlier_ratio"),
-        seconds=seconds,
+        epoch=e.epoch if e.epoch is not None else (state.epoch or 0),
+        n_samples=e.n_samples,
+        n_clusters=e.n_clusters,
+        n_outliers=e.n_outliers,
+        outlier_ratio=e.outlier_ratio,
+        seconds=dict(e.seconds),
     )
-    if record.outlier_ratio is None and record.n_outliers is not None and record.n_samples:
-        record.outlier_ratio = record.n_outliers / record.n_samples
     state.clusters.append(record)
     ratio = f" ({record.outlier_ratio:.1%})" if record.outlier_ratio is not None else ""
-    took = f" in {sum(seconds.values()):.1f} s" if seconds else ""
-    add_log(
-        state,
-        t,
-        "info",
-        f"{_count(record.n_clusters)} clusters, {_count(record.n_outliers)} outliers{ratio}{took}",
-    )
+    took = f" in {sum(record.seconds.values()):.1f} s" if record.seconds else ""
+    text = f"{_count(record.n_clusters)} clusters, {_count(record.n_outliers)} outliers{ratio}{took}"
+    add_log(state, t, "info", text)
 
 
-def _on_step(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
-    epoch, it = _int(e, "epoch"), _int(e, "iter")
-    if epoch is not None:
-        state.epoch = epoch
-    if it is not None:
-        state.iter = it
+def _on_step(state: RunState, e: Step, t: float | None) -> None:
+    if e.epoch is not None:
+        state.epoch = e.epoch
+    if e.iter is not None:
+        state.iter = e.iter
     state.progress_t = t if t is not None else state.progress_t
-    loss = _num(e, "loss")
-    if loss is not None:  # the loss and its parts describe one step: a part this step lacks is unknown
-        state.loss, state.loss_hard, state.loss_mean = loss, _num(e, "loss_hard"), _num(e, "loss_mean")
-    for name in ("lr", "images_per_s", "data_wait"):
-        value = _num(e, name)
-        if value is not None:
-            setattr(state, name, value)
-    if loss is not None and state.epoch is not None:
-        per = state.iters_per_epoch or 0
-        state.loss_points.append((state.epoch * per + (state.iter or 0), loss))
+    if e.loss is not None:  # the loss and its parts describe one step: a part this step lacks is unknown
+        state.loss, state.parts = e.loss, dict(e.parts)
+        if state.epoch is not None:
+            per = state.iters_per_epoch or 0
+            state.loss_points.append((state.epoch * per + (state.iter or 0), e.loss))
+    state.lr = e.lr if e.lr is not None else state.lr
+    state.images_per_s = e.images_per_s if e.images_per_s is not None else state.images_per_s
+    state.data_wait = e.data_wait if e.data_wait is not None else state.data_wait
 
 
-def _on_eval(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
-    mAP = _frac(_num(e, "mAP"))
-    if mAP is None:
+def _on_eval(state: RunState, e: Eval, t: float | None) -> None:
+    if e.mAP is None:
         return
-    cmc = e.get("cmc")
-    ranks: list[float | None] = [None, None, None]
-    if isinstance(cmc, list):
-        for i, value in enumerate(cmc[:3]):
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                ranks[i] = _frac(float(value))
-    epoch = _int(e, "epoch")
-    record = EvalRecord(epoch if epoch is not None else (state.epoch or 0), mAP, *ranks)
+    r1, r5, r10 = [*e.cmc, None, None, None][:3]
+    epoch = e.epoch if e.epoch is not None else (state.epoch or 0)
+    record = EvalRecord(epoch, e.mAP, r1, r5, r10, e.rerank_mAP)
     state.evals.append(record)
-    reported_best = _frac(_num(e, "best"))
-    state.best_map = max(v for v in (state.best_map, reported_best, mAP) if v is not None)
+    state.best_map = max(v for v in (state.best_map, e.best, e.mAP) if v is not None)
     is_best = state.best_eval is record
-    r1 = f" · R1 {record.r1:.1%}" if record.r1 is not None else ""
-    add_log(
-        state,
-        t,
-        "good" if is_best else "info",
-        f"eval epoch {record.epoch + 1}: mAP {mAP:.1%}{r1}" + (" ★ best" if is_best else ""),
-    )
+    r1_text = f" · R1 {r1:.1%}" if r1 is not None else ""
+    rerank = f" · re-ranked mAP {e.rerank_mAP:.1%}" if e.rerank_mAP is not None else ""
+    text = f"eval {epoch_label(epoch)}: mAP {e.mAP:.1%}{r1_text}{rerank}" + (" ★ best" if is_best else "")
+    add_log(state, t, "good" if is_best else "info", text)
 
 
-def _on_checkpoint(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
-    path = _str(e, "path")
-    if path:
-        state.last_checkpoint = path
-    if e.get("is_best") is True:  # every epoch writes 'last'; only a new best is worth a log line
-        add_log(state, t, "good", f"saved best checkpoint {path or '?'}")
+def _on_checkpoint(state: RunState, e: Checkpoint, t: float | None) -> None:
+    if e.path:
+        state.last_checkpoint = e.path
+    if e.is_best:  # every epoch writes 'last'; only a new best is worth a log line
+        add_log(state, t, "good", f"saved best checkpoint {e.path or '?'}")
 
 
-def _on_run_end(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
-    state.status = _str(e, "status") or "ended"
-    state.elapsed = _num(e, "elapsed")
+def _on_run_end(state: RunState, e: RunEnd, t: float | None) -> None:
+    state.status = e.status if e.status in RUN_STATUSES else "error"  # a run_end without a valid status
+    state.silent_for = None
+    state.elapsed = e.elapsed
     if state.elapsed is None and t is not None and state.start_t is not None:
         state.elapsed = t - state.start_t
-    best = _frac(_num(e, "best_mAP"))
-    if best is not None:
-        state.best_map = best
+    if e.best_mAP is not None:
+        state.best_map = e.best_mAP
     level = {"ok": "good", "interrupted": "warn"}.get(state.status, "error")
-    detail = f" · best mAP {state.best_map:.1%}" if state.best_map is not None else ""
+    best_at = f" ({epoch_label(e.best_epoch)})" if e.best_epoch is not None else ""
+    detail = f" · best mAP {state.best_map:.1%}{best_at}" if state.best_map is not None else ""
     add_log(state, t, level, f"run ended: {state.status}{detail}")
-    message = _str(e, "message")
-    if message:
-        add_log(state, t, level, message)
+    if e.message:
+        add_log(state, t, level, e.message)
+    if e.resume:
+        add_log(state, t, "info", f"continue with: {e.resume}")
 
 
-def _on_error(state: RunState, e: Mapping[str, Any], t: float | None) -> None:
-    message = _str(e, "message") or "unknown error"
-    state.errors.append(message)
-    add_log(state, t, "error", f"error: {message}")
+def _on_error(state: RunState, e: Error, t: float | None) -> None:
+    where = f" ({e.where})" if e.where else ""
+    add_log(state, t, "error", f"error{where}: {e.message or 'unknown error'}")
+    if e.hint:
+        add_log(state, t, "warn", f"hint: {e.hint}")
 
 
-_HANDLERS = {
-    "run_start": _on_run_start,
-    "epoch_start": _on_epoch_start,
-    "cluster": _on_cluster,
-    "step": _on_step,
-    "eval": _on_eval,
-    "checkpoint": _on_checkpoint,
-    "run_end": _on_run_end,
-    "error": _on_error,
+_HANDLERS: dict[type[Event], Callable[[RunState, Any, float | None], None]] = {
+    RunStart: _on_run_start,
+    EpochStart: _on_epoch_start,
+    Cluster: _on_cluster,
+    Step: _on_step,
+    Eval: _on_eval,
+    Checkpoint: _on_checkpoint,
+    RunEnd: _on_run_end,
+    Error: _on_error,
 }
 
 
@@ -360,27 +353,67 @@ def _count(value: int | None) -> str:
     return f"{value:,}" if value is not None else "?"
 
 
-def apply_event(state: RunState, event: Mapping[str, Any]) -> RunState:
-    """Fold one event into ``state`` (in place) and return it; unknown types are counted and ignored."""
+def apply_event(state: RunState, event: Event) -> RunState:
+    """Fold one event into ``state`` (in place) and return it; a heartbeat only moves the last-news time."""
     state.n_events += 1
-    handler = _HANDLERS.get(event.get("type")) if isinstance(event, Mapping) else None
-    if handler is None:
-        state.n_ignored += 1
-        return state
-    t = _num(event, "t")
+    t = event.t
     if t is not None:
         state.last_t = t if state.last_t is None else max(state.last_t, t)
         if state.start_t is None:
             state.start_t = t
-    handler(state, event, t)
+    handler = _HANDLERS.get(type(event))
+    if handler is not None:
+        handler(state, event, t)
     return state
 
 
-def reduce_events(events: Iterable[Mapping[str, Any]], state: RunState | None = None) -> RunState:
+def reduce_events(events: Iterable[Event], state: RunState | None = None) -> RunState:
     """Fold a sequence of events into a (new or given) :class:`RunState`."""
     state = state if state is not None else RunState()
     for event in events:
         apply_event(state, event)
+    return state
+
+
+# -- liveness -------------------------------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by another user
+    return True
+
+
+def update_liveness(
+    state: RunState,
+    now: float,
+    *,
+    process_alive: Callable[[int], bool] = pid_alive,
+    hostname: str | None = None,
+    process_gone: bool = False,
+) -> RunState:
+    """Tell a live run from a dead or silent one, while no ``run_end`` was seen; returns ``state``.
+
+    A run that names this host (``hostname``, default ``socket.gethostname()``) and a pid that is gone, or
+    whose process the caller saw exit (``process_gone``), is "stopped": a SIGKILL writes nothing. Otherwise a
+    run with nothing written for more than NO_NEWS_SECONDS before ``now`` is "silent", else "running".
+    """
+    if state.status not in LIVE_STATUSES and not (process_gone and state.status == "waiting"):
+        return state
+    state.silent_for = None
+    this_host = hostname if hostname is not None else socket.gethostname()
+    here = state.host is not None and state.host == this_host
+    if process_gone or (here and state.pid is not None and not process_alive(state.pid)):
+        state.status = "stopped"
+    elif state.last_t is not None and now - state.last_t > NO_NEWS_SECONDS:
+        state.status, state.silent_for = "silent", now - state.last_t
+    else:
+        state.status = "running"
     return state
 
 

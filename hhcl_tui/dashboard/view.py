@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.text import Text
 
-from hhcl_tui.dashboard.state import STAGES, LogLine, RunState
+from hhcl.run.events import epoch_label, iter_label
+from hhcl_tui.dashboard.state import STAGES, LogLine, RunState, downsample
 
-STATUS_STYLE = {"waiting": "dim", "running": "bold cyan", "ok": "bold green", "interrupted": "bold yellow"}
+STATUS_STYLE = {
+    "waiting": "dim",
+    "running": "bold cyan",
+    "ok": "bold green",
+    "error": "bold red",
+    "interrupted": "bold yellow",
+    "stopped": "bold red",
+    "silent": "bold yellow",
+}
 LEVEL_STYLE = {"info": "", "good": "bold green", "warn": "yellow", "error": "bold red"}
 
 
@@ -20,15 +31,29 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def fmt_ago(seconds: float) -> str:
+    """A rounded span for "no news for ...": seconds under a minute, minutes under 2 h, hours under 2 days."""
+    if seconds < 60:
+        return f"{round(seconds)} s"
+    if seconds < 2 * 3600:
+        return f"{round(seconds / 60)} min"
+    if seconds < 2 * 86400:
+        return f"{round(seconds / 3600)} h"
+    return f"{round(seconds / 86400)} days"
+
+
 def fmt_pct(value: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage; ``--`` when unknown."""
     return f"{value * 100:.{digits}f}%" if value is not None else "--"
 
 
 def fmt_count(value: int | float | None) -> str:
+    """A count with thousands separators; ``--`` when unknown."""
     return f"{value:,.0f}" if value is not None else "--"
 
 
 def fmt_lr(value: float | None) -> str:
+    """A learning rate in scientific notation; ``--`` when unknown."""
     return f"{value:.2e}" if value is not None else "--"
 
 
@@ -37,9 +62,20 @@ def _pair(text: Text, label: str, value: str, style: str = "bold") -> None:
     text.append(value, style=style)
 
 
+def status_label(state: RunState) -> str:
+    """The status as users read it; the liveness states say what is known about the process."""
+    if state.status == "stopped":
+        return "stopped (process gone, no run_end)"
+    if state.status == "silent" and state.silent_for is not None:
+        return f"no news for {fmt_ago(state.silent_for)}"
+    return state.status
+
+
 def status_text(state: RunState) -> Text:
+    """The status with a coloured bullet."""
     style = STATUS_STYLE.get(state.status, "bold red")
-    return Text.assemble(("● ", style), (state.status, style))
+    label = status_label(state)
+    return Text.assemble(("● ", style), (label, style))
 
 
 def run_text(state: RunState) -> Text:
@@ -67,23 +103,26 @@ def run_text(state: RunState) -> Text:
     return text
 
 
+def _position(label: Callable[[int | None, int | None], str], index: int | None, count: int | None) -> str:
+    """``3/60`` for the 0-based index 2 (the shared 1-based label, without its word); ``--/60`` when unknown."""
+    if index is None:
+        return "--" + (f"/{count}" if count else "")
+    return label(index, count).split(" ", 1)[1]
+
+
 def epoch_text(state: RunState) -> Text:
     """Epoch and iteration of the schedule, 1-based."""
     text = Text(no_wrap=True, overflow="ellipsis")
-    epoch = "--" if state.epoch is None else str(state.epoch + 1)
-    epochs = f"/{state.total_epochs}" if state.total_epochs else ""
-    it = "--" if state.iter is None else str(state.iter + 1)
-    iters = f"/{state.iters_per_epoch}" if state.iters_per_epoch else ""
-    _pair(text, "epoch", f"{epoch}{epochs}", "bold cyan")
+    _pair(text, "epoch", _position(epoch_label, state.epoch, state.total_epochs), "bold cyan")
     text.append("  ")
-    _pair(text, "iter", f"{it}{iters}", "bold cyan")
+    _pair(text, "iter", _position(iter_label, state.iter, state.iters_per_epoch), "bold cyan")
     return text
 
 
 def eta_text(state: RunState) -> Text:
-    """Time left (while running) and time spent."""
+    """Time left (while running; "--" for a stopped or silent run) and time spent."""
     text = Text(no_wrap=True, overflow="ellipsis")
-    if state.finished:
+    if state.ended:
         _pair(text, "done in", fmt_duration(state.elapsed))
         return text
     _pair(text, "ETA", fmt_duration(state.eta_seconds), "bold yellow")
@@ -93,6 +132,7 @@ def eta_text(state: RunState) -> Text:
 
 
 def checkpoint_text(state: RunState) -> Text:
+    """The latest checkpoint's path (empty before the first)."""
     text = Text(no_wrap=True, overflow="ellipsis")
     if state.last_checkpoint:
         _pair(text, "checkpoint", state.last_checkpoint, "")
@@ -112,12 +152,22 @@ def speed_text(state: RunState) -> Text:
 
 
 def loss_title(state: RunState) -> str:
+    """The latest loss and each of its parts by its logged name (``loss_hard`` reads ``hard`` after "Loss")."""
     if state.loss is None:
         return "Loss"
-    parts = f" (CE hard {state.loss_hard:.3f}, CE mean {state.loss_mean:.3f})" if (
-        state.loss_hard is not None and state.loss_mean is not None
-    ) else ""
-    return f"Loss {state.loss:.3f}{parts}"
+    parts = ", ".join(f"{name.removeprefix('loss_')} {value:.3f}" for name, value in state.parts.items())
+    return f"Loss {state.loss:.3f}" + (f" ({parts})" if parts else "")
+
+
+def loss_curve(state: RunState, max_points: int) -> list[tuple[float, float]]:
+    """The loss against epochs done (iteration index + 1 over iters per epoch: epoch 1 ends at x = 1)."""
+    per = state.iters_per_epoch or 1
+    return [((x + 1) / per, y) for x, y in downsample(state.loss_points, max_points)]
+
+
+def eval_points(state: RunState) -> list[tuple[int, float, float | None]]:
+    """(1-based epoch, mAP %, R1 % or None) per evaluation, for the mAP/R1 plot."""
+    return [(e.epoch + 1, e.mAP * 100, e.r1 * 100 if e.r1 is not None else None) for e in state.evals]
 
 
 def eval_text(state: RunState) -> Text:
@@ -131,7 +181,7 @@ def eval_text(state: RunState) -> Text:
     _pair(text, "mAP", fmt_pct(best.mAP), "bold green")
     text.append(" ")
     _pair(text, "R1", fmt_pct(best.r1), "bold green")
-    text.append(f" (epoch {best.epoch + 1})", style="green")
+    text.append(f" ({epoch_label(best.epoch)})", style="green")
     return text
 
 
@@ -173,5 +223,6 @@ def timings_text(state: RunState) -> Text:
 
 
 def log_line(line: LogLine) -> Text:
+    """A log line with its time since the start, coloured by level."""
     stamp = f"{fmt_duration(line.t)}" if line.t is not None else ""
     return Text.assemble((f"{stamp:>5} ", "dim"), (line.text, LEVEL_STYLE.get(line.level, "")))

@@ -1,0 +1,199 @@
+"""Setting up one epoch of HHCL (reference 1.2): train features -> pseudo labels -> memory, sampler, generators.
+
+A fresh epoch extracts features in eval mode, clusters them (rank 0; labels broadcast) and builds the hybrid
+memory from the centroids. A resumed epoch takes the labels, memory and generator states the checkpoint saved
+and replays the sampler to where it stopped. Both paths live in :meth:`EpochSetup.begin`, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hhcl import distributed as dist
+from hhcl.cluster import pseudo_labels
+from hhcl.config import Config
+from hhcl.data.sampler import PKSampler
+from hhcl.evaluate import extract_features
+from hhcl.memory import HybridMemory
+from hhcl.run.events import Cluster, Event
+from hhcl.run.state import TrainingState
+
+
+class TrainingError(RuntimeError):
+    """A run cannot go on (no clusters, non-finite loss); the message says what happened and what to try."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (the model's initialisation depends on it)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator derived from (seed, epoch, stream), so any epoch can be replayed exactly on resume."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed * 1_000_003 + epoch * 101 + stream)
+    return gen
+
+
+@dataclass
+class EpochState:
+    """What one epoch trains with: pseudo labels, the memory bank, the batch stream, the augmentation RNG."""
+
+    labels: torch.Tensor
+    memory: HybridMemory
+    sampler: Iterator[torch.Tensor]
+    aug_gen: torch.Generator
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """What a mid-epoch checkpoint must keep to continue this epoch exactly."""
+        return {"memory": self.memory.state_dict(), "labels": self.labels.cpu(), "aug_gen": self.aug_gen.get_state()}
+
+
+class _Shard:
+    """A contiguous slice of an image store (for sharded feature extraction under DDP)."""
+
+    def __init__(self, store: Any, start: int, stop: int) -> None:
+        self.store, self.start, self.stop = store, start, stop
+        self.device = store.device
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.store.gather(idx + self.start)
+
+
+class EpochSetup:
+    """Builds each epoch's :class:`EpochState`, fresh or from a checkpoint."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        train_store: Any,
+        device: torch.device,
+        info: dist.DistInfo,
+        emit: Callable[[Event], None],
+    ) -> None:
+        self.cfg, self.model, self.train_store = cfg, model, train_store
+        self.device, self.info, self.emit = device, info, emit
+
+    def begin(self, epoch: int, saved: TrainingState | None = None) -> tuple[EpochState, int]:
+        """The epoch's state and the iteration to start from (``saved``: a mid-epoch checkpoint of this epoch)."""
+        if saved is not None and saved.iter > 0:
+            assert saved.labels is not None and saved.memory is not None and saved.aug_gen is not None
+            labels = saved.labels.to(self.device)
+            memory = self._memory(labels, None, epoch)
+            memory.load_state_dict(saved.memory)
+            state = EpochState(labels, memory, self._sampler(labels, epoch), self._aug_gen(epoch))
+            for _ in range(saved.iter):  # replay the batch stream to where it stopped
+                next(state.sampler)
+            state.aug_gen.set_state(saved.aug_gen)
+            return state, saved.iter
+        t0 = time.perf_counter()
+        features = self.extract_train_features()
+        labels = self.cluster(epoch, features, time.perf_counter() - t0)
+        return EpochState(labels, self._memory(labels, features, epoch), self._sampler(labels, epoch), self._aug_gen(epoch)), 0
+
+    def sync_buffers(self) -> None:
+        """Give every rank rank 0's BN running statistics (DDP only refreshes them at the next forward)."""
+        if self.info.world_size > 1:
+            for buf in self.model.buffers():
+                dist.broadcast(buf, src=0)
+
+    def extract_train_features(self) -> torch.Tensor:
+        """Eval-mode, test-transform features of the whole train set in store order (sharded under DDP)."""
+        self.sync_buffers()
+        n, world, rank = len(self.train_store), self.info.world_size, self.info.rank
+        per = math.ceil(n / world)
+        shard = _Shard(self.train_store, min(rank * per, n), min((rank + 1) * per, n))
+        feats = extract_features(self.model, shard, batch_size=self.cfg.data.batch_size, amp=self.cfg.train.amp)
+        if world > 1:
+            padded = feats.new_zeros(per, feats.shape[1])
+            padded[: len(feats)] = feats
+            feats = dist.all_gather_cat(padded)[:n]
+        return feats
+
+    def cluster(self, epoch: int, features: torch.Tensor, extract_seconds: float) -> torch.Tensor:
+        """Pseudo labels for this epoch (rank 0 clusters, the labels are broadcast); emits ``cluster``."""
+        cfg = self.cfg
+        n = len(features)
+        seconds: dict[str, float] = {"extract": extract_seconds}
+        if cfg.train.supervised:
+            labels = self.train_store.pids.to(self.device)
+        else:
+            labels = torch.empty(n, dtype=torch.long, device=self.device)
+            if self.info.rank == 0:
+                c = cfg.cluster
+                result = pseudo_labels(
+                    features, k1=c.k1, k2=c.k2, eps=c.eps, min_samples=c.min_samples, knn_backend=c.knn_backend
+                )
+                labels = result.labels.to(self.device)
+                seconds.update(result.seconds)
+            labels = dist.broadcast(labels, src=0)
+        n_clusters = int(labels.max().item()) + 1 if (labels >= 0).any() else 0
+        n_outliers = int((labels < 0).sum().item())
+        self.emit(
+            Cluster(
+                epoch=epoch,
+                n_samples=n,
+                n_clusters=n_clusters,
+                n_outliers=n_outliers,
+                outlier_ratio=round(n_outliers / max(n, 1), 6),
+                seconds={k: round(v, 4) for k, v in seconds.items()},
+                eps=cfg.cluster.eps,
+            )
+        )
+        if n_clusters == 0:
+            eps = cfg.cluster.eps
+            raise TrainingError(
+                f"epoch {epoch + 1}: clustering with cluster.eps={eps:g} found no clusters "
+                f"(all {n} images are outliers). Try a larger eps (e.g. --set cluster.eps={min(0.95, eps + 0.1):g}), "
+                f"a smaller cluster.min_samples ({cfg.cluster.min_samples}), or pretrained weights (model.pretrained=imagenet)."
+            )
+        return labels
+
+    def _memory(self, labels: torch.Tensor, features: torch.Tensor | None, epoch: int) -> HybridMemory:
+        cfg = self.cfg
+        kw = {
+            "mode": cfg.memory.mode,
+            "temp": cfg.memory.temp,
+            "momentum": cfg.memory.momentum,
+            "hard_weight": cfg.memory.hard_weight,
+            "smooth": cfg.memory.smooth,
+            "num_instances": cfg.data.num_instances,
+            "loss_form": cfg.memory.loss_form,
+        }
+        if features is None:  # resumed mid-epoch: shaped here, filled from the checkpoint by the caller
+            n_clusters = int(labels.max().item()) + 1
+            return HybridMemory(torch.zeros(n_clusters, self.model.feature_dim), **kw).to(self.device)
+        gen = epoch_generator(cfg.train.seed, epoch, 3, features.device)
+        return HybridMemory.from_features(features, labels, generator=gen, **kw).to(self.device)
+
+    def _sampler(self, labels: torch.Tensor, epoch: int) -> Iterator[torch.Tensor]:
+        cfg = self.cfg
+        try:
+            sampler = PKSampler(
+                labels.cpu(),
+                self.train_store.camids.cpu(),
+                num_instances=cfg.data.num_instances,
+                batch_size=cfg.data.batch_size,
+                generator=epoch_generator(cfg.train.seed, epoch, 1),
+            )
+        except ValueError as err:  # too few clusters for one batch
+            raise TrainingError(f"epoch {epoch + 1}: {err} (clustered with cluster.eps={cfg.cluster.eps:g})") from None
+        return iter(sampler)
+
+    def _aug_gen(self, epoch: int) -> torch.Generator:
+        return epoch_generator(self.cfg.train.seed, epoch, 2, self.device)
