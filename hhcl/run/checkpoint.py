@@ -160,16 +160,16 @@ class Checkpointer:
             config=self.config.to_toml(),
             **(mid_epoch or {}),
         )
-        self._write_pair(self._weights(pair, epoch, best_mAP), state_bytes(state), pair)
+        self._write_pair(self._weights(pair, epoch, best_mAP), state_bytes(state), pair, f"{epoch}:{it}")
         written.insert(0, f"{CHECKPOINTS}/{LAST_WEIGHTS}")
         return written
 
-    def _write_pair(self, weights: bytes, state: bytes, pair: str) -> None:
+    def _write_pair(self, weights: bytes, state: bytes, pair: str, position: str) -> None:
         layout = self.layout
-        fault_point("checkpoint:start")
+        fault_point(f"checkpoint:{position}:start")
         tmp_weights = write_tmp(layout.last_weights, weights)
         try:
-            fault_point("checkpoint:weights-written")
+            fault_point(f"checkpoint:{position}:weights-written")
             tmp_state = write_tmp(layout.last_state, state)
         except BaseException:
             tmp_weights.unlink(missing_ok=True)
@@ -181,9 +181,9 @@ class Checkpointer:
             tmp_weights.unlink(missing_ok=True)
             tmp_state.unlink(missing_ok=True)
             raise
-        fault_point("checkpoint:committed")
+        fault_point(f"checkpoint:{position}:committed")
         os.replace(tmp_weights, layout.last_weights)
-        fault_point("checkpoint:weights-renamed")
+        fault_point(f"checkpoint:{position}:weights-renamed")
         os.replace(tmp_state, layout.last_state)
         fsync_dir(layout.checkpoints)
         layout.commit.unlink()

@@ -2,8 +2,10 @@
 
 The crash-consistency tests run real training processes and need them to die at exact moments (between
 the two files of a checkpoint, half-way through a write, at a chosen step). Points are plain strings such as
-``step:1:0`` (after epoch 1, iteration 0), ``checkpoint:weights-written`` or ``write:last.state.pt:half``.
-Actions: ``kill`` (SIGKILL this process), ``term`` (SIGTERM), ``int`` (SIGINT), ``int2`` (SIGINT twice).
+``step:1:0`` (after epoch index 1, iteration 0), ``checkpoint:2:0:weights-written`` (the checkpoint of
+position epoch 2 iteration 0) or ``write:last.state.pt:half`` (the first time that file is half written).
+Actions: ``kill`` (SIGKILL this process), ``term`` (SIGTERM), ``int`` (SIGINT), ``int2`` (SIGINT twice),
+``stop`` (SIGSTOP: alive but frozen).
 Without the variable, :func:`fault_point` is a dictionary lookup and nothing else.
 """
 
@@ -14,7 +16,13 @@ import signal
 from functools import cache
 
 ENV = "HHCL_FAULT"
-_SIGNALS = {"kill": (signal.SIGKILL,), "term": (signal.SIGTERM,), "int": (signal.SIGINT,), "int2": (signal.SIGINT,) * 2}
+_SIGNALS = {
+    "kill": (signal.SIGKILL,),
+    "term": (signal.SIGTERM,),
+    "int": (signal.SIGINT,),
+    "int2": (signal.SIGINT,) * 2,
+    "stop": (signal.SIGSTOP,),  # a live process that makes no progress (lock tests)
+}
 
 
 @cache
