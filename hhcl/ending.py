@@ -39,7 +39,7 @@ class Ending:
     exit_code: int = EXIT_OK
     epochs_done: int = 0
     last_eval: dict[str, Any] | None = None
-    resume: bool = False
+    resume: bool = True  # whether "hhcl train --resume" is the way on (errors: when a checkpoint exists)
     traceback: str | None = None
 
 
@@ -88,7 +88,9 @@ def describe_failure(err: BaseException, stage: str, run_dir: Path) -> Ending:
         return Ending("error", text, "", kind, EXIT_FAILURE)
     if isinstance(err, usage) or (isinstance(err, CheckpointError) and stage == "building the model"):
         return Ending("error", text, "", kind, EXIT_USAGE)
-    if isinstance(err, ResumeError | CheckpointError | CorruptImageError):
+    if isinstance(err, ResumeError):  # resuming again would fail the same way: the message says what to do
+        return Ending("error", text, "", kind, EXIT_FAILURE, resume=False)
+    if isinstance(err, CheckpointError | CorruptImageError):
         return Ending("error", text, "", kind, EXIT_FAILURE)
     if isinstance(err, OSError) and err.errno in _DISK_FULL:
         where = f" ({err.filename})" if err.filename else ""

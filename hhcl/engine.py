@@ -338,7 +338,7 @@ class Trainer:
             self.epochs_done = epoch + 1
             if self._should_stop():
                 return self._interrupted(epoch + 1, 0, last_eval)
-        return Ending("ok", epochs_done=self.epochs_done, last_eval=last_eval)
+        return Ending("ok", epochs_done=self.epochs_done, last_eval=last_eval, resume=False)
 
     def _interrupted(self, epoch: int, it: int, last_eval: dict[str, Any] | None) -> Ending:
         """The ending of a requested stop at position (epoch, it), after the checkpoint was written."""
@@ -350,7 +350,6 @@ class Trainer:
             epochs_done=epoch,
             last_eval=last_eval,
             exit_code=self.signals.exit_code,
-            resume=True,
         )
 
     def _emit_run_start(self) -> None:
@@ -399,7 +398,6 @@ class Trainer:
                         f"continue with: hhcl train --resume {self.run_dir}",
                         exit_code=self.signals.exit_code,
                         epochs_done=self.epochs_done,
-                        resume=True,
                     )
                 except Exception as err:  # noqa: BLE001 - every failure must end the log with error + run_end
                     ending = describe_failure(err, self.stage, self.run_dir)
@@ -421,7 +419,7 @@ class Trainer:
 
     def _finish(self, ending: Ending, t0: float) -> FitResult:
         """Record the ending (error + run_end, best effort on a failing disk) and build the result."""
-        resume = f"hhcl train --resume {self.run_dir}" if ending.resume or ending.status == "error" else None
+        resume = f"hhcl train --resume {self.run_dir}" if ending.resume and ending.status != "ok" else None
         if ending.status == "error" and not self.layout.has_checkpoint():
             resume = None  # nothing to resume: the same --name (or --resume) starts the run again
         events: list[Event] = []

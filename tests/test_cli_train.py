@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tiny_run import TINY
+from helpers.tiny_run import TINY
 from typer.testing import CliRunner
 
 from hhcl.run.events import read_raw_events

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data_fixtures import make_market
+from helpers.data_fixtures import make_market
 
 
 def run_hhcl(*args: str) -> subprocess.CompletedProcess:

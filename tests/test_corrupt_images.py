@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import make_market, write_image
+from helpers.data_fixtures import make_market, write_image
 from PIL import Image
 
 from hhcl.data import CorruptImageError, build_dataset, open_split, prepare_dataset

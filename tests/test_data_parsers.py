@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from data_fixtures import make_market, write_image
+from helpers.data_fixtures import make_market, write_image
 
 from hhcl.data import DatasetFormatError, DatasetNotFoundError, Sample, build_dataset, prepare_synthetic
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import make_market, write_image
+from helpers.data_fixtures import make_market, write_image
 from PIL import Image
 from typer.testing import CliRunner
 

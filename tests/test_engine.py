@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny_run import TINY
 from safetensors.torch import load_file
-from tiny_run import TINY
 
 from hhcl.config import load_config
 from hhcl.engine import Hook, Trainer

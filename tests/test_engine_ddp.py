@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from tiny_run import TINY
+from helpers.tiny_run import TINY
 
 from hhcl.config import load_config
 from hhcl.engine import Trainer

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.stores import TinyStore
 from sklearn.metrics import average_precision_score
-from stores import TinyStore
 from torch import nn
 
 from hhcl.cluster import rerank_distance

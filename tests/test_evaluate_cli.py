@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.stores import TinyStore
 from PIL import Image
 from sklearn.metrics import average_precision_score
-from stores import TinyStore
 from test_evaluate import TinyNet, manual_features  # the tiny net and its independent features, shared
 from typer.testing import CliRunner
 

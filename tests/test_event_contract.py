@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from tiny_run import TINY
+from helpers.tiny_run import TINY
 
 from hhcl.config import load_config
 from hhcl.engine import Trainer

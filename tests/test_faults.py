@@ -12,13 +12,16 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from hhcl.run.events import read_raw_events
+from hhcl.run.events import read_events, read_raw_events
+from hhcl_tui.dashboard.state import reduce_events, update_liveness
+from hhcl_tui.dashboard.view import eta_text, status_label
 
 TINY = [
     "data.height=32",
@@ -122,6 +125,8 @@ def test_sigkill_inside_a_checkpoint_write_resumes_exactly(data_root, straight, 
     assert killed.returncode == -signal.SIGKILL
     assert "run_end" not in types(tmp_path / "r")  # SIGKILL: nothing could be written
     assert (tmp_path / "r" / "run.lock").exists()  # ... not even the lock's release
+    shown = update_liveness(reduce_events(read_events(tmp_path / "r")), time.time())
+    assert status_label(shown) == "stopped (process gone, no run_end)" and eta_text(shown).plain.startswith("ETA --")
     resumed = run(train_cmd(data_root, tmp_path, "r", resume=True))
     assert resumed.returncode == 0, resumed.stderr
     assert notes in (tmp_path / "r" / "log.txt").read_text()

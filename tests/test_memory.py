@@ -8,7 +8,7 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
-from memory_loop import LoopMemory
+from helpers.memory_loop import LoopMemory
 
 from hhcl.memory import HybridMemory, cluster_centroids, sample_instances
 

@@ -419,9 +419,3 @@ class EventTail:
             return []
         self._offset += end + 1
         return parse_lines(chunk[: end + 1])
-
-    def follow(self, interval: float = 0.5) -> Iterator[Event]:
-        """Yield events forever as they arrive (for plain-terminal tailing)."""
-        while True:
-            yield from self.poll()
-            time.sleep(interval)

@@ -12,7 +12,7 @@ import typer
 from rich.syntax import Syntax
 
 from hhcl.config import Config, ConfigError
-from hhcl.run.layout import RunDirError, default_run_name, plan_run_dir
+from hhcl.run.layout import RunDirError, RunLayout, default_run_name, plan_run_dir
 from hhcl.run.lock import RunLockedError
 from hhcl_tui.common import console, data_root, fail, resolve_config
 
@@ -141,10 +141,10 @@ def run_training(cfg: Config, run_dir: Path, *, preset: str | None, resume: bool
         lines = [result.message, f"  while {result.where}"]
         if result.hint:
             lines.append(f"  try: {result.hint}")
-        lines.append(
-            f"  continue with: {result.resume}" if result.resume
-            else f"  nothing to resume yet: start it again with the same command (the run directory {run_dir} is reused)"
-        )
+        if result.resume:
+            lines.append(f"  continue with: {result.resume}")
+        elif not RunLayout(run_dir).has_checkpoint():
+            lines.append(f"  nothing to resume yet: run the same command again (the run directory {run_dir} is reused)")
         fail("\n".join(lines), result.exit_code)
     return result.exit_code
 

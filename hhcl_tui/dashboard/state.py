@@ -10,8 +10,6 @@ Liveness (a run whose process died without a ``run_end``, or went silent) is der
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from hhcl.run.events import (
     Step,
     epoch_label,
 )
+from hhcl.run.lock import pid_alive, this_host
 
 LOG_LINES = 200
 STAGES = ("extract", "knn", "jaccard", "dbscan")
@@ -378,17 +377,6 @@ def reduce_events(events: Iterable[Event], state: RunState | None = None) -> Run
 # -- liveness -------------------------------------------------------------------------------------
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this machine (one we may not signal counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, owned by another user
-    return True
-
-
 def update_liveness(
     state: RunState,
     now: float,
@@ -399,15 +387,15 @@ def update_liveness(
 ) -> RunState:
     """Tell a live run from a dead or silent one, while no ``run_end`` was seen; returns ``state``.
 
-    A run that names this host (``hostname``, default ``socket.gethostname()``) and a pid that is gone, or
+    A run that names this host (``hostname``, default this machine) and a pid that is gone, or
     whose process the caller saw exit (``process_gone``), is "stopped": a SIGKILL writes nothing. Otherwise a
     run with nothing written for more than NO_NEWS_SECONDS before ``now`` is "silent", else "running".
     """
     if state.status not in LIVE_STATUSES and not (process_gone and state.status == "waiting"):
         return state
     state.silent_for = None
-    this_host = hostname if hostname is not None else socket.gethostname()
-    here = state.host is not None and state.host == this_host
+    here_host = hostname if hostname is not None else this_host()
+    here = state.host is not None and state.host == here_host
     if process_gone or (here and state.pid is not None and not process_alive(state.pid)):
         state.status = "stopped"
     elif state.last_t is not None and now - state.last_t > NO_NEWS_SECONDS:
