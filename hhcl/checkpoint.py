@@ -81,13 +81,18 @@ def _names(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike[str], metadata: Mapping[str, str]) -> None:
-    """Save ``model.state_dict()`` as safetensors with string ``metadata`` in the header, atomically."""
+def weights_bytes(model: nn.Module, metadata: Mapping[str, str]) -> bytes:
+    """``model.state_dict()`` as safetensors bytes with string ``metadata`` in the header."""
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise TypeError(f"safetensors metadata must map str to str; convert these keys' values: {bad}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=dict(metadata)))
+    return safetensors_bytes(tensors, metadata=dict(metadata))
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike[str], metadata: Mapping[str, str]) -> None:
+    """Save ``model.state_dict()`` as safetensors with string ``metadata`` in the header, atomically."""
+    atomic_write_bytes(path, weights_bytes(model, metadata))
 
 
 def _torch_load(path: Path) -> Any:

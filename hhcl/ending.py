@@ -57,9 +57,16 @@ class StopSignals:
     def __init__(self, target: _Stoppable) -> None:
         self.target = target
         self.exit_code = EXIT_SIGINT
+        self._settled = False
         self._previous: dict[int, Any] = {}
 
+    def settle(self) -> None:
+        """From now on signals are noted but interrupt nothing (the run is recording how it ended)."""
+        self._settled = True
+
     def _handle(self, signum: int, frame: Any) -> None:
+        if self._settled:
+            return
         first = not self.target.stop_requested
         if signum == signal.SIGTERM:
             self.exit_code = EXIT_SIGTERM

@@ -39,7 +39,6 @@ from hhcl.run.events import (
     Eval,
     Event,
     EventWriter,
-    Heartbeat,
     RunEnd,
     RunStart,
     Step,
@@ -385,11 +384,13 @@ class Trainer:
         lock = RunLock(self.layout.lock)
         if self.main:
             lock.acquire()
+            if lock.took_over is not None:
+                self.notes.append(f"took over the lock of {lock.took_over.describe()}: that process is gone")
         try:
             with StopSignals(self) as self.signals:
                 try:
                     self._open_run()
-                    with self.events.heartbeat(HEARTBEAT_SECONDS, Heartbeat):
+                    with self.events.heartbeat(HEARTBEAT_SECONDS):
                         ending = self._loop()
                 except KeyboardInterrupt:
                     ending = Ending(
@@ -402,6 +403,7 @@ class Trainer:
                 except Exception as err:  # noqa: BLE001 - every failure must end the log with error + run_end
                     ending = describe_failure(err, self.stage, self.run_dir)
                     ending.epochs_done = self.epochs_done
+                self.signals.settle()  # the ending is decided: a further Ctrl-C must not cut its record short
                 return self._finish(ending, t0)
         finally:
             self.events.close()

@@ -48,8 +48,8 @@ def test_unprepared_dataset_names_the_prepare_command_and_the_name_can_start_aga
         assert result.exit_code == 2
         assert "hhcl prepare market1501" in result.output.replace("\n", " ")
     events = read_raw_events(tmp_path / "runs" / "m")
-    assert [e["type"] for e in events] == ["error", "run_end"] * 2
-    assert events[1]["status"] == "error" and events[1].get("resume") is None
+    assert [e["type"] for e in events] == ["heartbeat", "error", "run_end"] * 2
+    assert events[2]["status"] == "error" and events[2].get("resume") is None
     assert "hhcl prepare market1501" in (tmp_path / "runs" / "m" / "log.txt").read_text()
     assert not (tmp_path / "runs" / "m" / "run.lock").exists()
 

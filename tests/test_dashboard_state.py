@@ -359,3 +359,21 @@ def test_reference_sample_log() -> None:
     assert state.best_eval is not None and state.best_eval.mAP == best["mAP"] and state.best_eval.epoch == best["epoch"]
     assert view.eval_text(state).plain.endswith(f"(epoch {best['epoch'] + 1})")
     assert state.status == "ok" and state.progress == 1.0
+
+
+def test_a_run_killed_during_its_set_up_is_told_by_its_first_heartbeat() -> None:
+    now = 1_000_000.0
+    here = socket.gethostname()
+    # killed while building its cache: the log holds only the heartbeat that opened it
+    state = update_liveness(reduce_events([Heartbeat(t=now - 20.0, pid=dead_pid(), host=here)]), now)
+    assert state.status == "stopped" and view.status_label(state) == "stopped (process gone, no run_end)"
+    # alive and setting up: running, without an estimate yet
+    state = update_liveness(reduce_events([Heartbeat(t=now - 20.0, pid=os.getpid(), host=here)]), now)
+    assert state.status == "running" and state.eta_seconds is None
+    # an attempt that failed, then a new process in the same run directory: running again
+    ended = reduce_events([
+        Heartbeat(t=now - 60.0, pid=dead_pid(), host=here),
+        RunEnd(t=now - 59.0, status="error", message="dataset not found"),
+        Heartbeat(t=now - 1.0, pid=os.getpid(), host=here),
+    ])
+    assert update_liveness(ended, now).status == "running"

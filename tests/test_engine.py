@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -48,11 +50,14 @@ def test_end_to_end_run_directory_events_and_checkpoint(synth_root, tmp_path):
     run = tmp_path / "run"
     events = read_events(run)
     assert events == [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
-    assert [e["type"] for e in events] == [e["type"] for e in rec.events]
+    # hooks see every event but the heartbeats (written from the heartbeat thread)
+    assert [e["type"] for e in events if e["type"] != "heartbeat"] == [e["type"] for e in rec.events]
     types = {e["type"] for e in events}
-    assert types == {"run_start", "epoch_start", "cluster", "step", "eval", "checkpoint", "run_end"}
+    assert types == {"heartbeat", "run_start", "epoch_start", "cluster", "step", "eval", "checkpoint", "run_end"}
+    beat = events[0]  # the first line names the process, before the (possibly long) set-up
+    assert beat["type"] == "heartbeat" and beat["pid"] == os.getpid() and beat["host"] == socket.gethostname()
     assert all(e["v"] == 1 and isinstance(e["t"], float) for e in events)
-    start = events[0]
+    start = events[1]
     assert start["type"] == "run_start" and start["world_size"] == 1 and start["device"] == "cpu"
     assert start["config"]["cluster"]["eps"] == 0.7 and start["epochs"] == 2 and start["iters"] == 3
     clusters = [e for e in events if e["type"] == "cluster"]

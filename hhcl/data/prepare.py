@@ -29,6 +29,7 @@ from hhcl.data.datasets import (
     read_manifest,
 )
 from hhcl.data.store import CorruptImageError, build_cache, cache_paths, corrupt_hint
+from hhcl.run.atomic import atomic_write_text
 
 SPLITS = ("train", "query", "gallery")
 EXTRACT_DIR = "files"
@@ -51,9 +52,7 @@ class PrepareReport:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def _candidates(folder: Path, depth: int = 4) -> list[Path]:

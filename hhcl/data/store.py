@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from hhcl.data.datasets import ReIDDataset, Sample
+from hhcl.run.atomic import atomic_write_text
 
 CHUNK = 512
 
@@ -93,9 +94,7 @@ def cache_paths(dataset_dir: Path, split: str, height: int, width: int) -> tuple
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj))
 
 
 class CacheIndex(NamedTuple):

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from hhcl.checkpoint import weights_bytes
 from hhcl.config import Config, ConfigError, from_dict, load_config
 from hhcl.run.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, remove_stray_tmp, write_tmp
 from hhcl.run.faults import fault_point
@@ -118,7 +118,6 @@ class Checkpointer:
 
     # -- writing -------------------------------------------------------------------------------
     def _weights(self, pair: str, epoch: int, best_mAP: float) -> bytes:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
         meta = {
             "format": "hhcl",
             "config": self.config.to_toml(),
@@ -127,7 +126,7 @@ class Checkpointer:
             "run": self.layout.root.name,
             "pair": pair,
         }
-        return safetensors_bytes(tensors, metadata=meta)
+        return weights_bytes(self.model, meta)
 
     def save(
         self,

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import socket
 import threading
 import time
 import types
@@ -164,9 +165,12 @@ class RunEnd(Event):
 
 @dataclass(kw_only=True)
 class Heartbeat(Event):
-    """Written every few seconds by a live run, so a reader can tell a silent run from a dead one."""
+    """Written when a run opens its log and then whenever it was silent for HEARTBEAT_SECONDS, so a reader can
+    tell a busy run (building a cache, clustering) from a dead one, even before its ``run_start``."""
 
     type: ClassVar[str] = "heartbeat"
+    pid: int | None = None
+    host: str | None = None
 
 
 EVENT_CLASSES: dict[str, type[Event]] = {
@@ -240,18 +244,20 @@ class EventWriter:
         return data
 
     @contextmanager
-    def heartbeat(self, interval: float, event: type[Event]) -> Iterator[None]:
-        """While the block runs, a thread writes ``event()`` whenever nothing was written for ``interval`` s."""
+    def heartbeat(self, interval: float) -> Iterator[None]:
+        """Write a heartbeat now, then (from a thread) whenever nothing was written for ``interval`` seconds."""
         if not self.enabled:
             yield
             return
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.emit(Heartbeat(**me))
         stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(interval / 4):
                 if time.monotonic() - self._last_write >= interval:
                     try:
-                        self.emit(event())
+                        self.emit(Heartbeat(**me))
                     except (OSError, ValueError):  # a full disk or a closed file: the main thread reports it
                         return
 

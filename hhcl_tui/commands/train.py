@@ -13,7 +13,7 @@ from rich.syntax import Syntax
 
 from hhcl.config import Config, ConfigError
 from hhcl.run.layout import RunDirError, RunLayout, default_run_name, plan_run_dir
-from hhcl.run.lock import RunLockedError
+from hhcl.run.lock import RunLockedError, check_free
 from hhcl_tui.common import console, data_root, fail, resolve_config
 
 
@@ -70,7 +70,8 @@ def train(
             raise fail("--resume continues a run with its own config: drop --preset (use --set train.epochs=N to extend it).")
         try:
             cfg = resume_config(resume, _with_root(set_, root))
-        except ConfigError as err:
+            check_free(RunLayout(resume).lock)  # refuse before launching anything (--tui, --nproc-per-node)
+        except (ConfigError, RunLockedError) as err:
             raise fail(str(err)) from None
         run_dir, label = resume, None
     else:

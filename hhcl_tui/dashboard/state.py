@@ -24,6 +24,7 @@ from hhcl.run.events import (
     Error,
     Eval,
     Event,
+    Heartbeat,
     RunEnd,
     RunStart,
     Step,
@@ -336,6 +337,16 @@ def _on_error(state: RunState, e: Error, t: float | None) -> None:
         add_log(state, t, "warn", f"hint: {e.hint}")
 
 
+def _on_heartbeat(state: RunState, e: Heartbeat, t: float | None) -> None:
+    """A heartbeat names the live process, also before its ``run_start`` (a long set-up)."""
+    if e.pid is None:
+        return
+    new_process = e.pid != state.pid or e.host != state.host
+    state.pid, state.host = e.pid, e.host
+    if state.status == "waiting" or (new_process and state.ended):
+        state.status = "running"
+
+
 _HANDLERS: dict[type[Event], Callable[[RunState, Any, float | None], None]] = {
     RunStart: _on_run_start,
     EpochStart: _on_epoch_start,
@@ -345,6 +356,7 @@ _HANDLERS: dict[type[Event], Callable[[RunState, Any, float | None], None]] = {
     Checkpoint: _on_checkpoint,
     RunEnd: _on_run_end,
     Error: _on_error,
+    Heartbeat: _on_heartbeat,
 }
 
 
@@ -353,7 +365,7 @@ def _count(value: int | None) -> str:
 
 
 def apply_event(state: RunState, event: Event) -> RunState:
-    """Fold one event into ``state`` (in place) and return it; a heartbeat only moves the last-news time."""
+    """Fold one event into ``state`` (in place) and return it."""
     state.n_events += 1
     t = event.t
     if t is not None:
