@@ -254,7 +254,7 @@ class EventWriter:
         stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(interval / 4):
+            while not stop.wait(min(1.0, interval / 4)):
                 if time.monotonic() - self._last_write >= interval:
                     try:
                         self.emit(Heartbeat(**me))
