@@ -319,6 +319,9 @@ class Trainer:
         last_eval: dict[str, Any] | None = None
         self.epochs_done = self.start_epoch
         for epoch in range(self.start_epoch, cfg.train.epochs):
+            if self._should_stop():  # asked to stop during set-up: no need to cluster and train a step first
+                self.save_checkpoint(epoch, 0)
+                return self._interrupted(epoch, 0, last_eval)
             self.emit(EpochStart(epoch=epoch, lr=self.optimizer.param_groups[0]["lr"]))
             self.stage = f"setting up {epoch_label(epoch, cfg.train.epochs)} (features, clustering)"
             saved = self._saved if epoch == self.start_epoch else None
@@ -342,10 +345,13 @@ class Trainer:
     def _interrupted(self, epoch: int, it: int, last_eval: dict[str, Any] | None) -> Ending:
         """The ending of a requested stop at position (epoch, it), after the checkpoint was written."""
         epochs, iters = self.cfg.train.epochs, self.cfg.train.iters
-        done = f"{epoch_label(epoch, epochs)} {iter_label(it - 1, iters)}" if it else epoch_label(epoch - 1, epochs)
+        if it:
+            done = f"after {epoch_label(epoch, epochs)} {iter_label(it - 1, iters)}"
+        else:
+            done = f"after {epoch_label(epoch - 1, epochs)}" if epoch > self.start_epoch else f"before {epoch_label(epoch, epochs)}"
         return Ending(
             "interrupted",
-            message=f"stopped after {done} with a checkpoint; continue with: hhcl train --resume {self.run_dir}",
+            message=f"stopped {done} with a checkpoint; continue with: hhcl train --resume {self.run_dir}",
             epochs_done=epoch,
             last_eval=last_eval,
             exit_code=self.signals.exit_code,
@@ -440,11 +446,16 @@ class Trainer:
                 resume=resume,
             )
         )
-        for event in events:
+        for event in events:  # best effort: nothing here may hide the ending the exit code reports
             try:
-                self.emit(event)
-            except OSError:  # a full disk may refuse even these lines; the exit code still tells
+                self.events.emit(event)
+            except OSError:  # a full disk may refuse even these lines
                 pass
+            for hook in self.hooks if self.main else ():
+                try:
+                    hook.on_event(event)
+                except Exception:  # noqa: BLE001 - a hook failing on the ending cannot change it
+                    pass
         return FitResult(
             ending.status,
             self.run_dir,

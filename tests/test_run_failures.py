@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.tiny_run import TINY
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from hhcl.config import load_config
@@ -171,3 +173,27 @@ def test_config_and_usage_errors_exit_2_before_anything_is_written(synth_root, t
     assert refused.exit_code == 2 and "is a file" in refused.output
     assert not (tmp_path / "runs" / "x" / "checkpoints").exists()
     assert os.listdir(tmp_path / "runs") in ([], ["x"])
+
+
+class TermOnStart(Hook):
+    """Sends this process SIGTERM as the run starts, as a scheduler would during a long set-up."""
+
+    def on_event(self, event):
+        if event.type == "run_start":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_set_up_stops_before_training_and_resumes_exactly(synth_root, tmp_path):
+    cfg = tiny(synth_root, "train.iters=2")
+    straight = tmp_path / "straight"
+    assert Trainer(cfg, straight).fit().status == "ok"
+    run = tmp_path / "r"
+    stopped = Trainer(cfg, run, hooks=[TermOnStart()]).fit()
+    assert stopped.status == "interrupted" and stopped.exit_code == 143
+    assert "stopped before epoch 1/1" in stopped.message
+    assert [e["type"] for e in read_raw_events(run)][-3:] == ["run_start", "checkpoint", "run_end"]  # no step
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
+    assert resume(run).status == "ok"
+    a = load_file(straight / "checkpoints" / "last.safetensors")
+    b = load_file(run / "checkpoints" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
