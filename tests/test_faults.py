@@ -172,6 +172,7 @@ def test_a_live_run_is_not_written_twice_and_a_dead_ones_lock_is_taken_over(data
     assert (tmp_path / "r" / "events.jsonl").read_bytes() == before  # the refused runs wrote nothing
     resumed = run(train_cmd(data_root, tmp_path, "r", resume=True))
     assert resumed.returncode == 0, resumed.stderr
+    assert f"took over the lock of pid {frozen.pid}" in (tmp_path / "r" / "log.txt").read_text()
     assert_same_weights(straight, tmp_path / "r")
 
 
