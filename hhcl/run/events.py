@@ -329,11 +329,7 @@ def _check(kind: Any, value: Any) -> Any:
     return None
 
 
-def _hints(cls: type[Event]) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-_HINTS = {name: _hints(cls) for name, cls in EVENT_CLASSES.items()}
+_HINTS = {name: typing.get_type_hints(cls) for name, cls in EVENT_CLASSES.items()}
 
 
 def parse_event(raw: Any) -> Event | None:
