@@ -53,6 +53,7 @@ from hhcl_tui.commands import eval as eval_cmd  # noqa: E402
 from hhcl_tui.commands import export as export_cmd  # noqa: E402
 from hhcl_tui.commands import monitor as monitor_cmd  # noqa: E402
 from hhcl_tui.commands import prepare as prepare_cmd  # noqa: E402
+from hhcl_tui.commands import search as search_cmd  # noqa: E402
 from hhcl_tui.commands import train as train_cmd  # noqa: E402
 from hhcl_tui.commands import wizard as wizard_cmd  # noqa: E402
 
@@ -61,6 +62,7 @@ app.command("train")(train_cmd.train)
 app.command("eval")(eval_cmd.eval_cmd)
 app.command("export")(export_cmd.export)
 app.command("embed")(export_cmd.embed)
+app.command("search")(search_cmd.search)
 app.command("monitor")(monitor_cmd.monitor)
 app.command("wizard")(wizard_cmd.wizard)
 app.command("demo")(train_cmd.demo)
