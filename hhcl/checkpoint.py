@@ -25,6 +25,7 @@ from hhcl.run.atomic import atomic_write_bytes
 from hhcl.run.layout import BEST_WEIGHTS, CHECKPOINTS, LAST_WEIGHTS, RunLayout
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".tar")
+IGNORED_PREFIXES = ("fc.", "classifier.")  # an ImageNet head, a supervised model's classifier: never loaded
 CHECKPOINT_NAMES = (BEST_WEIGHTS, LAST_WEIGHTS)  # in order of preference
 # torchvision / IBN-Net backbone names -> positions in the reference's ``base`` Sequential.
 _BACKBONE_TO_BASE = {
@@ -167,7 +168,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
 
     Reads ``.safetensors``, ``.pth`` and the authors' ``.pth.tar`` (``{"state_dict": {"module.<name>": ...}}``).
     Non-strict (the reference's ``copy_state_dict``) skips what does not fit; ``strict`` raises
-    :class:`CheckpointError` unless every key maps and every shape matches. A backbone's ``fc.*`` is ignored.
+    :class:`CheckpointError` unless every key maps and every shape matches. A backbone's ``fc.*`` and a
+    ``classifier.*`` are ignored.
     """
     state, metadata = read_state_dict(path)
     return _apply_state(model, state, metadata, str(path), strict=strict)
@@ -188,7 +190,7 @@ def _apply_state(
     usable: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key not in own:
-            (report.ignored if key.startswith("fc.") else report.unexpected).append(key)
+            (report.ignored if key.startswith(IGNORED_PREFIXES) else report.unexpected).append(key)
         elif tuple(value.shape) != tuple(own[key].shape):
             report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
         else:

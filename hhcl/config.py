@@ -27,6 +27,7 @@ DATASETS = ("market1501", "dukemtmcreid", "msmt17", "viper", "folder", "syntheti
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a")
 POOLINGS = ("avg", "gem")
 KNN_BACKENDS = ("auto", "torch", "faiss")
+AUTO_KEYS = ("cluster.eps",)  # keys that also take the word "auto"
 MEMORY_MODES = ("CM", "CMhard", "CMhybrid", "CMhybrid_v2")
 LOSS_FORMS = ("reference", "paper")
 AMP_MODES = ("off", "bf16", "fp16")
@@ -65,7 +66,7 @@ class ModelConfig:
 class ClusterConfig:
     k1: int = 30
     k2: int = 6
-    eps: float = 0.6
+    eps: float | str = 0.6  # a Jaccard distance in (0, 1), or "auto" (chosen at the first clustering; cluster/auto_eps.py)
     min_samples: int = 4
     knn_backend: str = "auto"
 
@@ -154,7 +155,7 @@ def all_keys() -> list[str]:
 def _key_type(section: str, key: str) -> type:
     cls = _SECTION_CLASSES[section]
     hints = {f.name: f.type for f in dataclasses.fields(cls)}
-    return {"int": int, "float": float, "bool": bool, "str": str}[hints[key]]
+    return {"int": int, "float": float, "float | str": float, "bool": bool, "str": str}[hints[key]]
 
 
 def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -182,6 +183,8 @@ def _split_key(dotted: str) -> tuple[str, str]:
 def _coerce(dotted: str, value: Any, *, from_text: bool) -> Any:
     """Convert ``value`` to the declared type of ``dotted``; text values come from ``--set``."""
     section, key = _split_key(dotted)
+    if dotted in AUTO_KEYS and isinstance(value, str) and value.strip() == "auto":
+        return "auto"
     kind = _key_type(section, key)
     name = kind.__name__
     if kind is bool:
@@ -265,7 +268,7 @@ def _check_finite(cfg: Config) -> None:
     for section, cls in _SECTION_CLASSES.items():
         for f in dataclasses.fields(cls):
             value = getattr(getattr(cfg, section), f.name)
-            if f.type == "float" and not math.isfinite(value):
+            if f.type in ("float", "float | str") and isinstance(value, float) and not math.isfinite(value):
                 example = getattr(getattr(DEFAULT, section), f.name)
                 raise ConfigError(
                     f"{section}.{f.name} = {value!r} is not allowed: must be a finite number "
@@ -299,11 +302,13 @@ def validate(cfg: Config) -> Config:
     _choice("model.arch", m.arch, ARCHS)
     _choice("model.pooling", m.pooling, POOLINGS)
     if m.pretrained not in ("imagenet", "none"):
-        _check(
-            m.pretrained.endswith((".pth", ".pth.tar", ".safetensors", ".pt")),
+        _check(  # a run directory has no suffix (or is a folder): it is checked when the run starts
+            m.pretrained.endswith((".pth", ".pth.tar", ".safetensors", ".pt"))
+            or not Path(m.pretrained).suffix
+            or Path(m.pretrained).expanduser().is_dir(),
             "model.pretrained",
             m.pretrained,
-            "use imagenet, none, or a path to a .pth, .pth.tar or .safetensors file",
+            "use imagenet, none, a run directory, or a path to a .pth, .pth.tar or .safetensors file",
         )
     _check(
         m.num_features >= 0, "model.num_features", m.num_features, "must be 0 (no embedding layer) or more"
@@ -319,7 +324,7 @@ def validate(cfg: Config) -> Config:
         )
     _check(c.k1 >= 2, "cluster.k1", c.k1, "must be at least 2")
     _check(1 <= c.k2 <= c.k1, "cluster.k2", c.k2, f"must be between 1 and cluster.k1 ({c.k1})")
-    _check(0.0 < c.eps < 1.0, "cluster.eps", c.eps, "must be in (0, 1) (a Jaccard distance)")
+    _check(c.eps == "auto" or 0.0 < c.eps < 1.0, "cluster.eps", c.eps, 'must be in (0, 1) (a Jaccard distance) or "auto"')
     _check(c.min_samples >= 1, "cluster.min_samples", c.min_samples, "must be at least 1")
     _choice("cluster.knn_backend", c.knn_backend, KNN_BACKENDS)
     check_memory(

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,9 @@ from hhcl.data import ReIDDataset, build_dataset, open_split
 from hhcl.data.augment import TrainAugment, scaled_pad
 from hhcl.data.sampler import rank_slice
 from hhcl.ending import Ending, StopSignals, describe_failure
-from hhcl.epoch import EpochSetup, EpochState, TrainingError, seed_everything
+from hhcl.epoch import EpochSetup, EpochState, StageProgress, TrainingError, seed_everything
 from hhcl.evaluate import evaluate
-from hhcl.models import build_model
+from hhcl.models import Pretrained, build_model, resolve_pretrained
 from hhcl.run.atomic import atomic_write_text
 from hhcl.run.checkpoint import Checkpointer, recover
 from hhcl.run.events import (
@@ -46,11 +46,13 @@ from hhcl.run.events import (
     iter_label,
 )
 from hhcl.run.faults import fault_point
+from hhcl.run.labels import TRAIN_INDEX, save_epoch_labels, save_train_index
 from hhcl.run.layout import RunLayout
 from hhcl.run.lock import RunLock, this_host
 from hhcl.run.state import TrainingState
 
 LOG_EVERY = 10  # iterations between "step" events
+EVAL_STAGES = {"query": "extract_query", "gallery": "extract_gallery", "metrics": "eval_metrics"}  # progress names
 
 __all__ = ["FitResult", "Hook", "Trainer", "TrainingError"]
 
@@ -107,7 +109,9 @@ class Trainer:
         resume: bool = False,
         hooks: Iterable[Hook] = (),
     ) -> None:
-        self.cfg = validate(config)
+        cfg = validate(config)
+        # the absolute data root goes into config.toml and every checkpoint: eval and resume from any folder find it
+        self.cfg = replace(cfg, data=replace(cfg.data, root=os.path.abspath(os.path.expanduser(cfg.data.root))))
         self.layout = RunLayout(Path(run_dir))
         self.run_dir = self.layout.root
         self.preset = preset
@@ -156,7 +160,7 @@ class Trainer:
         self.stage = "building the model"
         m = cfg.model
         self.model: nn.Module = build_model(
-            m.arch, m.pooling, m.pretrained, num_features=m.num_features, dropout=m.dropout, bn_group=m.bn_group
+            m.arch, m.pooling, self.pretrained.weights, num_features=m.num_features, dropout=m.dropout, bn_group=m.bn_group
         ).to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -181,9 +185,19 @@ class Trainer:
         self.checkpointer = Checkpointer(
             self.layout, self.model, self.optimizer, self.scheduler, self.scaler, cfg, enabled=self.main
         )
-        self.epochs = EpochSetup(cfg, self.model, self.train_store, self.device, self.info, self.emit)
+        keep = self._keep_labels if self.main else None
+        self.epochs = EpochSetup(cfg, self.model, self.train_store, self.device, self.info, self.emit, keep_labels=keep)
         if self.resume:
             self._load_resume_point()
+
+    def _keep_labels(self, epoch: int, labels: torch.Tensor) -> None:
+        """Keep this epoch's pseudo labels in the run directory (and, once, the train images they index)."""
+        if not (self.layout.labels / TRAIN_INDEX).is_file():
+            root = self.cfg.data.root
+            paths = [os.path.relpath(s.path, root) if Path(s.path).is_relative_to(root) else s.path for s in self.dataset.train]
+            pids = self.epochs.identities
+            save_train_index(self.layout, paths, None if pids is None else pids.tolist(), self.train_store.camids.tolist())
+        save_epoch_labels(self.layout, epoch, labels.cpu().numpy())
 
     def _load_resume_point(self) -> None:
         self.stage = "reading the checkpoint"
@@ -194,6 +208,7 @@ class Trainer:
         self.checkpointer.restore(saved)
         self.best_mAP, self.best_epoch = saved.best_mAP, saved.best_epoch
         self.start_epoch, self.start_iter = saved.epoch, saved.iter
+        self.epochs.auto_eps = saved.cluster_eps  # cluster.eps = auto: the run keeps the eps it chose first
         self._saved = saved
 
     def _autocast(self) -> Any:
@@ -282,6 +297,9 @@ class Trainer:
                 flip=self.cfg.eval.flip,
                 rerank=self.cfg.eval.rerank,
                 amp=self.cfg.train.amp,
+                stages=lambda name, total: StageProgress(
+                    self.emit, epoch=epoch, stage=EVAL_STAGES[name], total=total, device=self.device
+                ),
             )
             mAP = float(metrics["mAP"])
             ranks = metrics["ranks"]
@@ -306,7 +324,9 @@ class Trainer:
         """Checkpoint the position (epoch, it) to continue from; ``state`` for a stop in the middle of an epoch."""
         self.stage = f"writing the checkpoint ({epoch_label(min(epoch, self.cfg.train.epochs - 1))})"
         mid = state.checkpoint_fields() if state is not None and it > 0 else None
-        written = self.checkpointer.save(epoch, it, self.best_mAP, self.best_epoch, is_best=is_best, mid_epoch=mid)
+        written = self.checkpointer.save(
+            epoch, it, self.best_mAP, self.best_epoch, is_best=is_best, mid_epoch=mid, cluster_eps=self.epochs.auto_eps
+        )
         for path in written:
             self.emit(Checkpoint(epoch=epoch, iter=it, path=path, is_best=path.endswith("best.safetensors")))
 
@@ -387,6 +407,7 @@ class Trainer:
         the current step with a checkpoint; a second one stops at once. Errors become an ``error`` event.
         """
         t0 = time.time()
+        self.pretrained = self._resolve_pretrained()  # before the run directory exists: a failure leaves none
         lock = RunLock(self.layout.lock)
         if self.main:
             lock.acquire()
@@ -414,6 +435,17 @@ class Trainer:
         finally:
             self.events.close()
             lock.release()
+
+    def _resolve_pretrained(self) -> Pretrained:
+        """The weights the model starts from (resuming a checkpoint: none, the checkpoint holds them); raises
+        WeightsNotFoundError or CheckpointError naming the file and the fix."""
+        m = self.cfg.model
+        if self.resume and self.layout.has_checkpoint():
+            return Pretrained(m.pretrained, None, "none", "resuming: the weights come from the checkpoint")
+        pretrained = resolve_pretrained(m.pretrained, arch=m.arch, pooling=m.pooling, num_features=m.num_features)
+        if pretrained.kind in ("backbone", "re-id model"):  # a path: say which file it resolved to
+            self.notes.append(pretrained.note)
+        return pretrained
 
     def _open_run(self) -> None:
         """Rank 0: the run directory, its config, its event log; finish or clean up an interrupted write."""

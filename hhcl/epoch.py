@@ -20,12 +20,62 @@ from torch import nn
 
 from hhcl import distributed as dist
 from hhcl.cluster import pseudo_labels
+from hhcl.cluster.auto_eps import auto_eps
+from hhcl.cluster.quality import label_quality
 from hhcl.config import Config
 from hhcl.data.sampler import PKSampler
 from hhcl.evaluate import extract_features
 from hhcl.memory import HybridMemory
-from hhcl.run.events import Cluster, Event
+from hhcl.run.events import CLUSTER_STEPS, Cluster, Event, Progress
 from hhcl.run.state import TrainingState
+
+#: a stage's ``progress`` events come at most this often (its start and its end aside), in seconds
+PROGRESS_EVERY = 2.0
+
+
+class StageProgress:
+    """Reports one long stage as ``progress`` events: its start (done 0) now, then through the ``(done, total)``
+    callback at most one event per ``every`` seconds, and always its end (done == total).
+
+    The device is synchronised before each event, so ``done`` and ``seconds`` count finished work, not queued
+    kernels (once per event: a few per minute at most).
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[Event], None],
+        *,
+        epoch: int,
+        stage: str,
+        total: int,
+        device: torch.device,
+        every: float = PROGRESS_EVERY,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.emit, self.epoch, self.stage, self.device = emit, epoch, stage, device
+        self.every, self.clock = every, clock
+        self.t0 = self.last = clock()
+        start = Progress(epoch=epoch, stage=stage, done=0, total=total, seconds=0.0)
+        self.wall0 = start.t if start.t is not None else time.time()  # sub-stage times are dated from this
+        self.emit(start)
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if done < total and now - self.last < self.every:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            now = self.clock()
+        self.last = now
+        self.emit(Progress(epoch=self.epoch, stage=self.stage, done=done, total=total, seconds=round(now - self.t0, 3)))
+
+    def finished_at(self, done: int, total: int, seconds: float) -> None:
+        """The stage reached ``done`` ``seconds`` after its start, as timed by the stage itself (the event's ``t``
+        is that moment); for a stage that reports its sub-stage times only when it returns."""
+        self.emit(
+            Progress(t=round(self.wall0 + seconds, 3), epoch=self.epoch, stage=self.stage, done=done, total=total,
+                     seconds=round(seconds, 3))
+        )
 
 
 class TrainingError(RuntimeError):
@@ -74,6 +124,13 @@ class _Shard:
         return self.store.gather(idx + self.start)
 
 
+def train_identities(pids: torch.Tensor) -> torch.Tensor | None:
+    """The train set's identities, or None when it has none: an unlabelled train set (your own crops) gives each
+    image its own id, so ids are known only when some repeat. Used for pseudo-label quality, never for training."""
+    pids = pids.detach().cpu()
+    return pids if pids.numel() > 1 and torch.unique(pids).numel() < pids.numel() else None
+
+
 class EpochSetup:
     """Builds each epoch's :class:`EpochState`, fresh or from a checkpoint."""
 
@@ -85,9 +142,13 @@ class EpochSetup:
         device: torch.device,
         info: dist.DistInfo,
         emit: Callable[[Event], None],
+        keep_labels: Callable[[int, torch.Tensor], None] | None = None,
     ) -> None:
         self.cfg, self.model, self.train_store = cfg, model, train_store
         self.device, self.info, self.emit = device, info, emit
+        self.keep_labels = keep_labels  # rank 0: writes each epoch's pseudo labels into the run directory
+        self.auto_eps: float | None = None  # cluster.eps = auto: chosen at the run's first clustering, then kept
+        self.identities = train_identities(train_store.pids)
 
     def begin(self, epoch: int, saved: TrainingState | None = None) -> tuple[EpochState, int]:
         """The epoch's state and the iteration to start from (``saved``: a mid-epoch checkpoint of this epoch)."""
@@ -102,9 +163,19 @@ class EpochSetup:
             state.aug_gen.set_state(saved.aug_gen)
             return state, saved.iter
         t0 = time.perf_counter()
-        features = self.extract_train_features()
+        features = self.extract_train_features(epoch)
         labels = self.cluster(epoch, features, time.perf_counter() - t0)
-        return EpochState(labels, self._memory(labels, features, epoch), self._sampler(labels, epoch), self._aug_gen(epoch)), 0
+        progress = self._progress(epoch, "memory", 1)
+        memory = self._memory(labels, features, epoch)
+        if progress is not None:
+            progress(1, 1)
+        return EpochState(labels, memory, self._sampler(labels, epoch), self._aug_gen(epoch)), 0
+
+    def _progress(self, epoch: int, stage: str, total: int) -> StageProgress | None:
+        """A started stage's reporter on rank 0 (the only rank that writes events), None elsewhere."""
+        if self.info.rank != 0:
+            return None
+        return StageProgress(self.emit, epoch=epoch, stage=stage, total=total, device=self.device)
 
     def sync_buffers(self) -> None:
         """Give every rank rank 0's BN running statistics (DDP only refreshes them at the next forward)."""
@@ -112,13 +183,17 @@ class EpochSetup:
             for buf in self.model.buffers():
                 dist.broadcast(buf, src=0)
 
-    def extract_train_features(self) -> torch.Tensor:
-        """Eval-mode, test-transform features of the whole train set in store order (sharded under DDP)."""
+    def extract_train_features(self, epoch: int) -> torch.Tensor:
+        """Eval-mode, test-transform features of the whole train set in store order (sharded under DDP; the
+        ``progress`` events count rank 0's shard, which every rank's equals to within one image)."""
         self.sync_buffers()
         n, world, rank = len(self.train_store), self.info.world_size, self.info.rank
         per = math.ceil(n / world)
         shard = _Shard(self.train_store, min(rank * per, n), min((rank + 1) * per, n))
-        feats = extract_features(self.model, shard, batch_size=self.cfg.data.batch_size, amp=self.cfg.train.amp)
+        progress = self._progress(epoch, "extract_train", len(shard))
+        feats = extract_features(
+            self.model, shard, batch_size=self.cfg.data.batch_size, amp=self.cfg.train.amp, progress=progress
+        )
         if world > 1:
             padded = feats.new_zeros(per, feats.shape[1])
             padded[: len(feats)] = feats
@@ -134,16 +209,24 @@ class EpochSetup:
             labels = self.train_store.pids.to(self.device)
         else:
             labels = torch.empty(n, dtype=torch.long, device=self.device)
-            if self.info.rank == 0:
+            progress = self._progress(epoch, "cluster", len(CLUSTER_STEPS))
+            if progress is not None:  # rank 0
                 c = cfg.cluster
                 result = pseudo_labels(
-                    features, k1=c.k1, k2=c.k2, eps=c.eps, min_samples=c.min_samples, knn_backend=c.knn_backend
+                    features, k1=c.k1, k2=c.k2, eps=self.eps(features), min_samples=c.min_samples, knn_backend=c.knn_backend
                 )
                 labels = result.labels.to(self.device)
                 seconds.update(result.seconds)
+                self._report_cluster_steps(progress, result.seconds)
             labels = dist.broadcast(labels, src=0)
         n_clusters = int(labels.max().item()) + 1 if (labels >= 0).any() else 0
         n_outliers = int((labels < 0).sum().item())
+        quality = None
+        if self.info.rank == 0:
+            if self.keep_labels is not None:
+                self.keep_labels(epoch, labels)
+            if self.identities is not None and not cfg.train.supervised:
+                quality = {k: (None if v is None else round(v, 6)) for k, v in label_quality(labels, self.identities).to_dict().items()}
         self.emit(
             Cluster(
                 epoch=epoch,
@@ -152,17 +235,52 @@ class EpochSetup:
                 n_outliers=n_outliers,
                 outlier_ratio=round(n_outliers / max(n, 1), 6),
                 seconds={k: round(v, 4) for k, v in seconds.items()},
-                eps=cfg.cluster.eps,
+                eps=None if cfg.train.supervised else self.eps_shown,
+                eps_auto=cfg.cluster.eps == "auto",
+                quality=quality,
             )
         )
         if n_clusters == 0:
-            eps = cfg.cluster.eps
+            eps = self.eps_shown
             raise TrainingError(
-                f"epoch {epoch + 1}: clustering with cluster.eps={eps:g} found no clusters "
-                f"(all {n} images are outliers). Try a larger eps (e.g. --set cluster.eps={min(0.95, eps + 0.1):g}), "
+                f"epoch {epoch + 1}: clustering with {self.eps_text} found no clusters "
+                f"(all {n} images are outliers). Try a larger eps (e.g. --set cluster.eps={min(0.95, (eps or 0.5) + 0.1):g}), "
                 f"a smaller cluster.min_samples ({cfg.cluster.min_samples}), or pretrained weights (model.pretrained=imagenet)."
             )
         return labels
+
+    def eps(self, features: torch.Tensor) -> float:
+        """The DBSCAN eps of this clustering: the configured number, or (``auto``) the one the rule chose first."""
+        c = self.cfg.cluster
+        if c.eps != "auto":
+            return float(c.eps)
+        if self.auto_eps is None:
+            self.auto_eps = auto_eps(features, k1=c.k1, k2=c.k2, knn_backend=c.knn_backend)
+        return self.auto_eps
+
+    @property
+    def eps_shown(self) -> float | None:
+        """The eps clustering used (None before ``auto`` chose one, or off rank 0, which does not cluster)."""
+        return self.auto_eps if self.cfg.cluster.eps == "auto" else float(self.cfg.cluster.eps)
+
+    @property
+    def eps_text(self) -> str:
+        eps = self.eps_shown
+        if self.cfg.cluster.eps == "auto":
+            return "cluster.eps=auto" + (f" (chose {eps:.4g})" if eps is not None else "")
+        return f"cluster.eps={eps:g}"
+
+    @staticmethod
+    def _report_cluster_steps(progress: StageProgress, seconds: dict[str, float]) -> None:
+        """One event per finished sub-stage (kNN, Jaccard, DBSCAN); the last one is the stage's end, now.
+
+        pseudo_labels times its sub-stages but reports them only when it returns, so these events are written
+        together then; the first two carry the ``t`` and ``seconds`` of their sub-stage's end as it measured them.
+        """
+        total = len(CLUSTER_STEPS)
+        progress.finished_at(1, total, seconds["knn"])
+        progress.finished_at(2, total, seconds["knn"] + seconds["jaccard"])
+        progress(total, total)
 
     def _memory(self, labels: torch.Tensor, features: torch.Tensor | None, epoch: int) -> HybridMemory:
         cfg = self.cfg
@@ -192,7 +310,7 @@ class EpochSetup:
                 generator=epoch_generator(cfg.train.seed, epoch, 1),
             )
         except ValueError as err:  # too few clusters for one batch
-            raise TrainingError(f"epoch {epoch + 1}: {err} (clustered with cluster.eps={cfg.cluster.eps:g})") from None
+            raise TrainingError(f"epoch {epoch + 1}: {err} (clustered with {self.eps_text})") from None
         return iter(sampler)
 
     def _aug_gen(self, epoch: int) -> torch.Generator:

@@ -2,7 +2,9 @@
 
 Every line also goes to ``<run_dir>/log.txt`` (opened on the first line, so a run refused before it starts
 writes nothing). It is a :class:`hhcl.engine.Hook`, so it sees exactly what the event log records. Epochs and
-iterations are shown 1-based, as everywhere users read them.
+iterations are shown 1-based, as everywhere users read them. A long stage (``progress`` events: extraction,
+clustering, memory init, evaluation) gets a line at most every STAGE_LINE_EVERY seconds plus one at its end,
+and on a terminal a bar of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rich.progress import (
 
 from hhcl.engine import Hook, Trainer
 from hhcl.run.events import (
+    PROGRESS_STAGES,
     Cluster,
     EpochStart,
     Error,
@@ -34,8 +37,12 @@ from hhcl.run.events import (
     Step,
     epoch_label,
     iter_label,
+    progress_text,
 )
+from hhcl.run.events import Progress as ProgressEvent
 from hhcl.run.layout import RunLayout
+
+STAGE_LINE_EVERY = 10.0  # seconds between two lines about one running stage (its end is always told)
 
 
 def _fmt_seconds(seconds: dict[str, float]) -> str:
@@ -44,6 +51,12 @@ def _fmt_seconds(seconds: dict[str, float]) -> str:
 
 def _pct(value: float | None) -> str:
     return f"{100 * value:.1f}" if value is not None else "?"
+
+
+def _took(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
 
 
 class ConsoleReporter(Hook):
@@ -56,6 +69,8 @@ class ConsoleReporter(Hook):
         self._log: IO[str] | None = None
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._stage_task: TaskID | None = None
+        self._stage_told: dict[tuple[int | None, str | None], float] = {}  # (epoch, stage) -> t of its last line
         self._epochs: int | None = None
         self._iters: int | None = None
 
@@ -78,27 +93,64 @@ class ConsoleReporter(Hook):
             stamp = time.strftime("%H:%M:%S")
             self.console.print(text if self.live else f"{stamp} {text}", highlight=False, markup=False, soft_wrap=True)
 
+    def _display(self) -> Progress:
+        """The live progress display (training bar and stage bars), started on first use."""
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.start()
+        return self._progress
+
     def _start_bar(self, epoch: int) -> None:
         self._stop_bar()
         if not self.live or not self._iters:
             return
-        self._progress = Progress(
-            TextColumn(epoch_label(epoch, self._epochs)),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=self._iters, completed=0, info="")
+        self._task = self._display().add_task(epoch_label(epoch, self._epochs), total=self._iters, completed=0, info="")
 
     def _stop_bar(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        self._task = self._stage_task = None
+
+    def _on_progress(self, event: ProgressEvent) -> None:
+        """A stage's line when due (every STAGE_LINE_EVERY s of event time, and its end); its bar on a terminal."""
+        key = (event.epoch, event.stage)
+        t = event.t if event.t is not None else time.time()
+        end = event.done is not None and event.total is not None and event.done >= event.total
+        if event.done == 0:
+            self._stage_told[key] = t  # the stage starts: its first line is due STAGE_LINE_EVERY s later
+        if end or t - self._stage_told.setdefault(key, t) >= STAGE_LINE_EVERY:
+            self._stage_told[key] = t
+            text = f"{epoch_label(event.epoch, self._epochs)} {progress_text(event)} ({_took(event.seconds)})"
+            self.line(text, console=not self.live)
+        if end:
+            self._stage_told.pop(key, None)
+        if self.live:
+            self._show_stage(event, end)
+
+    def _show_stage(self, event: ProgressEvent, end: bool) -> None:
+        """The running stage's bar (below the training bar, if one is shown); removed at the stage's end."""
+        if self._stage_task is not None and self._progress is not None and (end or event.done == 0):
+            self._progress.remove_task(self._stage_task)
+            self._stage_task = None
+            if self._task is None:
+                self._stop_bar()
+        if end:
+            return
+        label = f"{epoch_label(event.epoch, self._epochs)} {PROGRESS_STAGES.get(event.stage or '', event.stage)}"
+        if self._stage_task is None:
+            self._stage_task = self._display().add_task(label, total=event.total, completed=event.done or 0, info="")
+        else:
+            self._display().update(self._stage_task, total=event.total, completed=event.done or 0)
 
     def close(self) -> None:
         self._stop_bar()
@@ -132,6 +184,8 @@ class ConsoleReporter(Hook):
                 self._progress.update(self._task, info=info)
             if not self.live or (event.iter is not None and event.iter + 1 == self._iters):
                 self.line(f"{epoch_label(event.epoch, self._epochs)} {iter_label(event.iter, self._iters)}: {info}")
+        elif isinstance(event, ProgressEvent):
+            self._on_progress(event)
         elif isinstance(event, Eval):
             self._stop_bar()
             r1, r5, r10 = (event.cmc + [None, None, None])[:3]

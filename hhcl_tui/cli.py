@@ -34,7 +34,7 @@ def presets_list() -> None:
             cfg.data.dataset,
             cfg.model.arch,
             cfg.model.pooling,
-            f"{cfg.cluster.eps:g}",
+            cfg.cluster.eps if cfg.cluster.eps == "auto" else f"{cfg.cluster.eps:g}",
             f"{cfg.train.epochs} x {cfg.train.iters}",
         )
     console.print(table)
@@ -49,6 +49,7 @@ def presets_show(name: Annotated[str, typer.Argument(help="preset name, e.g. mar
 
 
 # Commands register after the app exists (they import the shared helpers); order = `hhcl --help` order.
+from hhcl_tui.commands import clusters as clusters_cmd  # noqa: E402
 from hhcl_tui.commands import eval as eval_cmd  # noqa: E402
 from hhcl_tui.commands import export as export_cmd  # noqa: E402
 from hhcl_tui.commands import monitor as monitor_cmd  # noqa: E402
@@ -63,6 +64,7 @@ app.command("eval")(eval_cmd.eval_cmd)
 app.command("export")(export_cmd.export)
 app.command("embed")(export_cmd.embed)
 app.command("search")(search_cmd.search)
+app.command("clusters")(clusters_cmd.clusters)
 app.command("monitor")(monitor_cmd.monitor)
 app.command("wizard")(wizard_cmd.wizard)
 app.command("demo")(train_cmd.demo)

@@ -11,14 +11,32 @@ from hhcl_tui.cli import app
 runner = CliRunner()
 
 
-def test_dry_run_shows_override_and_run_dir(tmp_path):
+def test_dry_run_shows_override_run_dir_and_the_checked_dataset(synth_root, tmp_path):
     result = runner.invoke(
-        app, ["train", "--preset", "market", "--set", "optim.lr=0.0001", "--dry-run", "--runs-dir", str(tmp_path), "--name", "x"]
+        app, ["train", "--preset", "demo", "--root", str(synth_root), "--set", "optim.lr=0.0001", "--set",
+              "data.height=64", "--set", "data.width=32", "--dry-run", "--runs-dir", str(tmp_path), "--name", "x"]
     )
     assert result.exit_code == 0, result.output
     assert "lr = 0.0001" in result.output
+    assert f'root = "{synth_root}"' in result.output  # the absolute root the run would record
     assert str(tmp_path / "x") in result.output.replace("\n", "")
+    # the synth_root fixture: 12 ids x 3 cameras, cached at 64x32 by prepare; junk (pid -1) files are not counted
+    top = synth_root / "synthetic" / "SyntheticPeople"
+    train, query, gallery = (
+        len([p for p in (top / d).glob("*.jpg") if not p.name.startswith("-1_")])
+        for d in ("bounding_box_train", "query", "bounding_box_test")
+    )
+    assert f"dataset: synthetic in {top}: train {train} images from 3 cameras; query {query}, gallery {gallery}; " \
+           "cache 64x32: ready" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_dry_run_refuses_an_unprepared_dataset_with_the_prepare_command(tmp_path):
+    result = runner.invoke(app, ["train", "--preset", "market", "--root", str(tmp_path / "data"), "--dry-run",
+                                 "--runs-dir", str(tmp_path / "runs"), "--name", "x"])
+    assert result.exit_code == 2, result.output
+    assert f"hhcl prepare market1501 --src ARCHIVE_OR_DIR --root {tmp_path / 'data'}" in result.output
+    assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_key_exits_2_naming_it():
@@ -42,7 +60,7 @@ def test_missing_preset_and_existing_run_dir(tmp_path):
 
 def test_unprepared_dataset_names_the_prepare_command_and_the_name_can_start_again(tmp_path):
     args = ["train", "--preset", "market", "--root", str(tmp_path), "--runs-dir", str(tmp_path / "runs"),
-            "--name", "m", "--set", "train.device=cpu"]
+            "--name", "m", "--set", "train.device=cpu", "--set", "model.pretrained=none"]
     for _ in range(2):  # a run that failed before its first checkpoint is no dead end: the same name starts again
         result = runner.invoke(app, args)
         assert result.exit_code == 2

@@ -10,7 +10,7 @@ import pytest
 from test_dashboard_state import NOW, write_tiny_log  # the recorded log, shared
 from textual.widgets import ProgressBar, RichLog, Sparkline, Static
 
-from hhcl.run.events import EpochStart, Eval, EventWriter, RunStart, Step
+from hhcl.run.events import EpochStart, Eval, EventWriter, Progress, RunStart, Step
 from hhcl_tui.dashboard import stop_process
 from hhcl_tui.dashboard.app import LEAVE, QUIT, STOP, DashboardApp, QuitScreen
 
@@ -69,6 +69,24 @@ async def test_growing_log_updates_the_screen(tmp_path: Path) -> None:
         await pilot.pause(0.3)
         assert shown(app, "epoch-text") == "epoch 2/4  iter --/10"
         assert shown(app, "speed-text").startswith("lr 3.50e-05")
+
+
+@pytest.mark.asyncio
+async def test_the_set_up_stage_is_shown_then_cleared(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "events.jsonl"
+    with EventWriter(path) as writer:
+        writer.emit(RunStart(t=1000.0, run="r", epochs=60, iters=200, start_epoch=0, start_iter=0))
+        writer.emit(EpochStart(t=1000.0, epoch=0))
+        writer.emit(Progress(t=1041.0, epoch=0, stage="extract_train", done=3200, total=12936, seconds=41.0))
+    app = DashboardApp(tmp_path / "run", poll_interval=0.05, clock=lambda: 1042.0)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.pause()
+        assert str(app.query_one("#progress").border_subtitle) == "extract train features 3,200/12,936 (25%) · 0:41"
+        with EventWriter(path) as writer:
+            writer.emit(Step(t=1042.0, epoch=0, iter=0, loss=2.0))
+        await pilot.pause(0.3)
+        assert str(app.query_one("#progress").border_subtitle) == ""
+        assert shown(app, "epoch-text") == "epoch 1/60  iter 1/200"
 
 
 @pytest.mark.asyncio

@@ -21,6 +21,7 @@ from hhcl.run.events import (
     Event,
     EventWriter,
     Heartbeat,
+    Progress,
     RunEnd,
     RunStart,
     Step,
@@ -159,6 +160,20 @@ def test_loss_parts_are_whatever_the_step_carries() -> None:
     assert state.parts == {} and view.loss_title(state) == "Loss 1.500"
     reduce_events([Step(t=4.0, epoch=0, iter=3, images_per_s=80.0)], state)  # no loss: the last one stays
     assert state.loss == 1.5 and state.images_per_s == 80.0 and state.loss_points[-1] == (2, 1.5)
+
+
+def test_eps_and_pseudo_label_quality_per_epoch() -> None:
+    state = reduce_events([
+        RunStart(t=0.0, epochs=3, iters=10),
+        Cluster(t=1.0, epoch=0, n_samples=100, n_clusters=9, n_outliers=10, outlier_ratio=0.1, eps=0.4312,
+                quality={"ari": 0.5, "nmi": 0.75, "precision": 0.9}),
+        Cluster(t=2.0, epoch=1, n_samples=100, n_clusters=10, n_outliers=5, outlier_ratio=0.05, eps=0.4312),
+        Cluster(t=3.0, epoch=2, n_samples=100, n_clusters=11, n_outliers=4, outlier_ratio=0.04, eps=0.4312,
+                quality={"ari": 0.625, "nmi": 0.8}),
+    ])
+    assert view.quality_points(state) == {"ARI": [(1, 50.0), (3, 62.5)], "NMI": [(1, 75.0), (3, 80.0)]}
+    assert "eps 0.431" in view.cluster_text(state).plain and "ARI 0.62" in view.cluster_text(state).plain
+    assert "eps 0.431; vs identities ARI 0.500" in state.log[-3].text
 
 
 def test_old_logs_top_level_loss_parts_are_shown(tmp_path: Path) -> None:
@@ -377,3 +392,26 @@ def test_a_run_killed_during_its_set_up_is_told_by_its_first_heartbeat() -> None
         Heartbeat(t=now - 1.0, pid=os.getpid(), host=here),
     ])
     assert update_liveness(ended, now).status == "running"
+
+
+def test_the_running_stage_is_shown_until_iterations_start() -> None:
+    state = reduce_events([RunStart(t=0.0, run="r", epochs=60, iters=200, start_epoch=0, start_iter=0),
+                           EpochStart(t=0.0, epoch=2, lr=3.5e-4)])
+    assert view.stage_text(state) == ""
+
+    def shown_after(stage: str, done: int, total: int, seconds: float) -> str:
+        reduce_events([Progress(t=1.0 + seconds, epoch=2, stage=stage, done=done, total=total, seconds=seconds)],
+                      state)
+        return view.stage_text(state)
+
+    assert shown_after("extract_train", 0, 12936, 0.0) == "extract train features 0/12,936 (0%) · 0:00"
+    assert shown_after("extract_train", 3200, 12936, 41.0) == "extract train features 3,200/12,936 (25%) · 0:41"
+    assert shown_after("cluster", 0, 3, 0.0) == "clustering (kNN, Jaccard, DBSCAN)... · 0:00"
+    assert shown_after("cluster", 1, 3, 5.4) == "clustering: kNN done, Jaccard... · 0:05"
+    assert shown_after("memory", 1, 1, 0.3) == "memory init done · 0:00"
+    reduce_events([Step(t=60.0, epoch=2, iter=0, loss=1.0)], state)
+    assert state.stage is None and view.stage_text(state) == ""  # iterations started
+    assert shown_after("extract_query", 1684, 3368, 75.0) == "extract query features 1,684/3,368 (50%) · 1:15"
+    reduce_events([Eval(t=90.0, epoch=2, mAP=0.5, cmc=[0.6, 0.7, 0.8])], state)
+    assert view.stage_text(state) == ""  # the evaluation's result replaces its stages
+    assert not any("extract" in line.text for line in state.log)  # stages are shown, not logged

@@ -53,7 +53,8 @@ def test_end_to_end_run_directory_events_and_checkpoint(synth_root, tmp_path):
     # hooks see every event but the heartbeats (written from the heartbeat thread)
     assert [e["type"] for e in events if e["type"] != "heartbeat"] == [e["type"] for e in rec.events]
     types = {e["type"] for e in events}
-    assert types == {"heartbeat", "run_start", "epoch_start", "cluster", "step", "eval", "checkpoint", "run_end"}
+    assert types == {"heartbeat", "run_start", "epoch_start", "cluster", "step", "eval", "checkpoint", "run_end",
+                     "progress"}
     beat = events[0]  # the first line names the process, before the (possibly long) set-up
     assert beat["type"] == "heartbeat" and beat["pid"] == os.getpid() and beat["host"] == socket.gethostname()
     assert all(e["v"] == 1 and isinstance(e["t"], float) for e in events)
@@ -74,6 +75,7 @@ def test_end_to_end_run_directory_events_and_checkpoint(synth_root, tmp_path):
     assert [e["epoch"] for e in evals] == [0, 1]
     assert all(0 <= e["mAP"] <= 1 and len(e["cmc"]) == 3 for e in evals)
     assert evals[-1]["best"] == pytest.approx(max(e["mAP"] for e in evals), abs=1e-6)
+    assert_progress_in_order(events, start)
     end = events[-1]
     assert end["type"] == "run_end" and end["status"] == "ok"
     assert end["best_mAP"] == pytest.approx(result.best_mAP, abs=1e-6)
@@ -90,6 +92,30 @@ def test_end_to_end_run_directory_events_and_checkpoint(synth_root, tmp_path):
     with torch.no_grad():
         assert torch.allclose(trainer.model.eval()(x), last.eval()(x), atol=1e-6)
     assert model.feature_dim == last.feature_dim == 512
+
+
+def assert_progress_in_order(events: list[dict], start: dict) -> None:
+    """Per epoch: train extraction, clustering, memory init, then (after the steps) query, gallery, metrics;
+    each stage from done 0 to done == total, never past total, with non-decreasing done, seconds and t."""
+    sizes = {"extract_train": start["n_train"], "cluster": 3, "memory": 1, "extract_query": start["n_query"],
+             "extract_gallery": start["n_gallery"], "eval_metrics": 1}
+    for epoch in range(start["epochs"]):
+        mine = [e for e in events if e.get("epoch") == epoch and e["type"] in ("progress", "cluster", "step", "eval")]
+        order = []  # the epoch's sequence of stages and events, a stage named once per run of its events
+        for e in mine:
+            name = e["stage"] if e["type"] == "progress" else e["type"]
+            if not order or order[-1] != name:
+                order.append(name)
+        assert order == ["extract_train", "cluster", "memory", "step", "extract_query", "extract_gallery",
+                         "eval_metrics", "eval"], order
+        for stage, total in sizes.items():
+            got = [e for e in mine if e.get("stage") == stage]
+            done = [e["done"] for e in got]
+            assert {e["total"] for e in got} == {total}, (stage, got)
+            assert done[0] == 0 and done[-1] == total and done == sorted(done) and max(done) <= total, (stage, done)
+            assert [e["seconds"] for e in got] == sorted(e["seconds"] for e in got) and got[0]["seconds"] == 0
+            assert [e["t"] for e in got] == sorted(e["t"] for e in got)
+        assert [e["done"] for e in mine if e.get("stage") == "cluster"] == [0, 1, 2, 3]  # one per sub-stage
 
 
 def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -8,9 +8,11 @@ from hhcl.run.events import (
     EpochStart,
     EventTail,
     EventWriter,
+    Progress,
     RunStart,
     Step,
     parse_event,
+    progress_text,
     read_events,
     read_raw_events,
 )
@@ -72,3 +74,30 @@ def test_nan_is_written_as_null_and_read_back_as_unknown(tmp_path):
     assert raw["loss"] is None and raw["parts"] == {"loss_ce": None, "loss_x": 2.0}
     event = parse_event(raw)
     assert event is not None and event.loss is None and event.parts == {"loss_x": 2.0}
+
+
+def test_progress_round_trips_and_tolerates_bad_fields(tmp_path):
+    path = tmp_path / "events.jsonl"
+    sent = Progress(t=5.0, epoch=2, stage="extract_train", done=3200, total=12936, seconds=41.25)
+    with EventWriter(path) as log:
+        log.emit(sent)
+    raw = json.loads(path.read_text())
+    assert raw == {"v": 1, "t": 5.0, "type": "progress", "epoch": 2, "stage": "extract_train", "done": 3200,
+                   "total": 12936, "seconds": 41.25}
+    assert parse_event(raw) == sent
+    bad = parse_event({"type": "progress", "t": 6.0, "stage": 7, "done": "3", "total": 9.5, "seconds": 2, "x": 1})
+    assert bad == Progress(t=6.0, seconds=2.0)  # wrong types read as unknown, an int is a valid float
+
+
+def test_progress_text_names_each_stage():
+    def text(stage, done, total):
+        return progress_text(Progress(stage=stage, done=done, total=total))
+
+    assert text("extract_train", 3200, 12936) == "extract train features 3,200/12,936"
+    assert text("extract_gallery", 0, 15913) == "extract gallery features 0/15,913"
+    assert text("cluster", 0, 3) == "clustering (kNN, Jaccard, DBSCAN)..."
+    assert text("cluster", 1, 3) == "clustering: kNN done, Jaccard..."
+    assert text("cluster", 2, 3) == "clustering: kNN, Jaccard done, DBSCAN..."
+    assert text("cluster", 3, 3) == "clustering: kNN, Jaccard, DBSCAN done"
+    assert (text("memory", 0, 1), text("memory", 1, 1)) == ("memory init...", "memory init done")
+    assert text("from_the_future", None, None) == "from_the_future"  # a newer writer's stage: named as is

@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+from hhcl.data.folder import parse as parse_folder_dataset
+from hhcl.data.samples import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    Sample,
+    list_images,
+    relabel,
+)
+
 MANIFEST = "manifest.json"
 MARKET_SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 VIPER_SEED = 0
-
-
-class Sample(NamedTuple):
-    path: str
-    pid: int
-    camid: int
 
 
 @dataclass
@@ -60,14 +61,6 @@ class ReIDDataset:
         return out
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is missing or not prepared; the message names the expected path and the prepare command."""
-
-
-class DatasetFormatError(ValueError):
-    """Files exist but break the dataset's layout rules (bad name, out-of-range camera); names the file."""
-
-
 @dataclass(frozen=True)
 class DatasetSpec:
     """How a registered dataset is found and parsed."""
@@ -77,11 +70,6 @@ class DatasetSpec:
     layouts: tuple[tuple[str, ...], ...]  # any one of these sets of sub-folders marks the top folder
     parse: Callable[[Path, dict], tuple[list[Sample], list[Sample], list[Sample]]]
     counts: tuple[int, int, int] | None = None  # published train/query/gallery image counts
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursive), sorted by path."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
 def parse_named(
@@ -109,13 +97,6 @@ def parse_named(
             raise DatasetFormatError(f"{path}: camera {cam} outside {cam_range[0]}..{cam_range[1]}")
         out.append(Sample(str(path), pid, cam - 1))
     return out
-
-
-def relabel(samples: Iterable[Sample]) -> list[Sample]:
-    """Sort by path and map pids to 0..P-1 in sorted raw-pid order (the train split)."""
-    samples = sorted(samples, key=lambda s: s.path)
-    mapping = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
-    return [Sample(s.path, mapping[s.pid], s.camid) for s in samples]
 
 
 def _market_style(pattern: str, cams: tuple[int, int] | None, pid_max: int | None):
@@ -187,41 +168,6 @@ def _viper(top: Path, options: dict) -> tuple[list[Sample], list[Sample], list[S
     return relabel(train), query, gallery
 
 
-def _folder(top: Path, options: dict) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    """A user's tree of unlabelled crops, with optional labelled ``query/`` and ``gallery/`` folders.
-
-    Train = ``train/`` if present, else every image outside query/ and gallery/. Camera: from ``options
-    ["cam_pattern"]`` (a regex on the file name whose group 1 is the camera number) when given; else from the
-    first-level sub-folder (sorted names -> 0..K-1); images directly in the train folder are camera 0.
-    Unlabelled train images get pid = their index in path order (each image its own identity; -1 means junk).
-    Query/gallery names follow Market: ``<pid>_c<cam>...`` (junk -1 dropped, distractors 0 kept).
-    """
-    cam_pattern = options.get("cam_pattern")
-    train_root = top / "train" if (top / "train").is_dir() else top
-    eval_dirs = {top / "query", top / "gallery"}
-    paths = [p for p in list_images(train_root) if not any(d in p.parents for d in eval_dirs)]
-    if not paths:
-        raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) found under {train_root}")
-    if cam_pattern:
-        regex = re.compile(cam_pattern)
-        cams = []
-        for p in paths:
-            m = regex.search(p.name)
-            if m is None:
-                raise DatasetFormatError(f"{p}: file name does not match the camera pattern {cam_pattern!r}")
-            cams.append(int(m.group(1)))
-    else:
-        cams = [p.relative_to(train_root).parts[0] if p.parent != train_root else "" for p in paths]
-    cam_ids = {c: i for i, c in enumerate(sorted(set(cams)))}
-    train = [Sample(str(p), i, cam_ids[c]) for i, (p, c) in enumerate(zip(paths, cams, strict=True))]
-    query = gallery = []
-    if (top / "query").is_dir() and (top / "gallery").is_dir():
-        pattern = r"^([-\d]+)_c(\d+)"
-        query = sorted(parse_named(top / "query", pattern, cam_range=None, exts=IMAGE_EXTS))
-        gallery = sorted(parse_named(top / "gallery", pattern, cam_range=None, exts=IMAGE_EXTS))
-    return train, query, gallery
-
-
 MARKET_LAYOUT = (tuple(MARKET_SPLITS.values()),)
 REGISTRY: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -248,7 +194,7 @@ REGISTRY: dict[str, DatasetSpec] = {
             (32621, 11659, 82161),
         ),
         DatasetSpec("viper", ("VIPeR", "viper"), (("cam_a", "cam_b"),), _viper, (632, 316, 316)),
-        DatasetSpec("folder", ("images",), ((),), _folder),
+        DatasetSpec("folder", ("images",), ((),), parse_folder_dataset),
         DatasetSpec(
             "synthetic",
             ("SyntheticPeople",),
@@ -324,7 +270,7 @@ def build_dataset(name: str, root: str | Path, **options) -> ReIDDataset:
     if skipped:
         drop = set(skipped)
         train = [s for s in train if s.path not in drop]
-        train = train if name == "folder" else relabel(train)
+        train = relabel(train)  # folder: unlabelled pids (one per image) stay in path order
         query = [s for s in query if s.path not in drop]
         gallery = [s for s in gallery if s.path not in drop]
     return ReIDDataset(name, Path(root) / name, train, query, gallery, top, skipped)

@@ -24,10 +24,13 @@ from hhcl.data.datasets import (
     MANIFEST,
     DatasetNotFoundError,
     DatasetSpec,
+    build_dataset,
     get_spec,
     has_layout,
+    prepare_hint,
     read_manifest,
 )
+from hhcl.data.folder import SPLIT_DIRS, Camera, parse_folder
 from hhcl.data.store import CorruptImageError, build_cache, cache_paths, corrupt_hint
 from hhcl.run.atomic import atomic_write_text
 
@@ -37,12 +40,16 @@ EXTRACT_DIR = "files"
 
 @dataclass
 class PrepareReport:
-    """What prepare did: where the dataset is, its counts, warnings, skipped files and caches."""
+    """What prepare did: where the dataset is, its counts (images, identities: None when unlabelled, cameras),
+    the cameras a folder dataset found, warnings, skipped files and caches."""
 
     name: str
     root: Path
     top: Path
     counts: dict[str, int]
+    ids: dict[str, int | None] = field(default_factory=dict)
+    cams: dict[str, int] = field(default_factory=dict)
+    cameras: list[Camera] = field(default_factory=list)
     published: dict[str, int] | None = None
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -75,7 +82,7 @@ def locate_top(folder: Path, spec: DatasetSpec) -> Path:
         top = folder
         while True:
             entries = [e for e in top.iterdir() if not e.name.startswith(".")]
-            if len(entries) != 1 or not entries[0].is_dir():
+            if len(entries) != 1 or not entries[0].is_dir() or entries[0].name in SPLIT_DIRS:
                 return top
             top = entries[0]
     candidates = _candidates(folder)
@@ -161,10 +168,12 @@ def prepare_dataset(
         raise FileNotFoundError(
             f"--src {src} does not exist: give the {name} archive (.zip/.tar[.gz]) or its folder"
         )
-    base.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(Path(root), name)
-    top, extracted = _place(name, spec, None if src is None else Path(src), base, manifest, copy)
     opts = {**(manifest or {}).get("options", {}), **(options or {})}
+    if name == "folder" and src is not None and Path(src).expanduser().is_dir():
+        parse_folder(locate_top(Path(src).expanduser(), spec), opts)  # refuse a bad tree naming the user's paths
+    base.mkdir(parents=True, exist_ok=True)
+    top, extracted = _place(name, spec, None if src is None else Path(src), base, manifest, copy)
     return _finish(name, spec, base, top, opts, src, height, width, skip_corrupt, progress, extracted, start)
 
 
@@ -172,9 +181,17 @@ def _finish(
     name, spec, base, top, opts, src, height, width, skip_corrupt, progress, extracted, start
 ) -> PrepareReport:
     """Parse, compare counts, decode + cache every split, and write the manifest."""
-    splits = dict(zip(SPLITS, spec.parse(top, opts), strict=True))
+    folder = parse_folder(top, opts) if name == "folder" else None
+    parsed = (folder.train, folder.query, folder.gallery) if folder else spec.parse(top, opts)
+    splits = dict(zip(SPLITS, parsed, strict=True))
     counts = {k: len(v) for k, v in splits.items()}
     report = PrepareReport(name, base, top, counts, extracted=extracted)
+    report.ids = {k: len({s.pid for s in v}) for k, v in splits.items()}
+    report.cams = {k: len({s.camid for s in v}) for k, v in splits.items()}
+    if folder is not None:
+        report.cameras = folder.cameras
+        if not folder.labelled_train:
+            report.ids["train"] = None
     if spec.counts:
         report.published = dict(zip(SPLITS, spec.counts, strict=True))
         report.warnings += [
@@ -213,6 +230,25 @@ def _finish(
     return report
 
 
+def check_prepared(name: str, root: str | Path, *, height: int, width: int) -> str:
+    """One line saying that dataset ``name`` under ``root`` is ready to train on: where it is, its image and
+    camera counts, whether its cache at ``height`` x ``width`` exists; a DatasetNotFoundError (naming the prepare
+    command) or DatasetFormatError when it is not. What ``hhcl train --dry-run`` checks."""
+    data = build_dataset(name, root)
+    if not data.train:
+        hint = prepare_hint(name, Path(root))
+        raise DatasetNotFoundError(f"dataset {name!r} in {data.top} has no train images: run `{hint}`")
+    cams = len({s.camid for s in data.train})
+    parts = [f"{name} in {data.top}: train {len(data.train):,} images from {cams} camera{'s' * (cams != 1)}"]
+    if data.query and data.gallery:
+        parts.append(f"query {len(data.query):,}, gallery {len(data.gallery):,}")
+    else:
+        parts.append("no query/gallery, so the run is never evaluated")
+    ready = all(cache_paths(data.root, s, height, width)[0].is_file() for s in SPLITS if data.split(s))
+    parts.append(f"cache {height}x{width}: {'ready' if ready else 'built on first use'}")
+    return "; ".join(parts)
+
+
 def prepare_synthetic(
     root: str | Path,
     *,
@@ -249,4 +285,11 @@ def prepare_synthetic(
     return _finish("synthetic", spec, base, top, opts, None, height, width, False, progress, fresh, start)
 
 
-__all__ = ["PrepareReport", "UnsafeArchiveError", "locate_top", "prepare_dataset", "prepare_synthetic"]
+__all__ = [
+    "PrepareReport",
+    "UnsafeArchiveError",
+    "check_prepared",
+    "locate_top",
+    "prepare_dataset",
+    "prepare_synthetic",
+]

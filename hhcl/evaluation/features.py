@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,14 +22,21 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def extract_features(
-    model: nn.Module, store: Any, *, batch_size: int = 256, flip: bool = False, amp: str = "off"
+    model: nn.Module,
+    store: Any,
+    *,
+    batch_size: int = 256,
+    flip: bool = False,
+    amp: str = "off",
+    progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """[len(store), D] float32 embeddings on the model's device, in store order (reference 4.1).
 
     ``store`` gives uint8 [B, 3, H, W] batches via ``store.gather(idx)``; they are normalised with the test
     transform. ``flip`` averages with the horizontally flipped image and re-normalises; ``amp`` is off, bf16
     or fp16 autocast. The model runs in eval mode under inference_mode and gets its previous mode back; the
-result is a normal tensor (not an inference tensor).
+    result is a normal tensor (not an inference tensor). ``progress(done, total)`` is called after each batch
+    (images done so far, len(store)), so a caller can report a long extraction.
     """
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
@@ -52,6 +60,8 @@ result is a normal tensor (not an inference tensor).
                     with torch.inference_mode(False):  # a normal tensor: usable later with autograd
                         out = torch.empty(n, f.shape[1], dtype=torch.float32, device=device)
                 out[start : start + len(f)] = f
+                if progress is not None:
+                    progress(start + len(f), n)
     finally:
         model.train(was_training)
     if out is None:

@@ -8,7 +8,7 @@ come through here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,10 @@ from hhcl.evaluation.features import extract_features, model_device, pairwise_sq
 from hhcl.evaluation.metrics import CHUNK_ELEMS, RankAccumulator, rank_metrics
 
 RERANK = {"k1": 20, "k2": 6, "lambda_value": 0.3}  # the reference's test-time re-ranking (examples/test.py)
+
+#: ``stages(name, total)`` is called as a stage ("query", "gallery": images; "metrics": 1) starts and returns
+#: the ``(done, total)`` callback of that stage (called per batch, and with done == total at its end)
+StageCallbacks = Callable[[str, int], Callable[[int, int], None]]
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,15 @@ def split_features(
     batch_size: int = 256,
     flip: bool = False,
     amp: str = "off",
+    stages: StageCallbacks | None = None,
 ) -> SplitFeatures:
-    """Embeddings of both stores (see :func:`extract_features`) with their pids and camera ids."""
-    qf = extract_features(model, query_store, batch_size=batch_size, flip=flip, amp=amp)
-    gf = extract_features(model, gallery_store, batch_size=batch_size, flip=flip, amp=amp)
+    """Embeddings of both stores (see :func:`extract_features`) with their pids and camera ids; ``stages`` hears
+    of the "query" and "gallery" extractions."""
+    feats = []
+    for name, store in (("query", query_store), ("gallery", gallery_store)):
+        progress = stages(name, len(store)) if stages is not None else None  # the stage starts here
+        feats.append(extract_features(model, store, batch_size=batch_size, flip=flip, amp=amp, progress=progress))
+    qf, gf = feats
     dev = model_device(model)
     q_pids, g_pids, q_cams, g_cams = (
         t.to(dev) for t in (query_store.pids, gallery_store.pids, query_store.camids, gallery_store.camids)
@@ -106,7 +115,13 @@ def evaluate(
     flip: bool = False,
     rerank: bool = False,
     amp: str = "off",
+    stages: StageCallbacks | None = None,
 ) -> dict[str, Any]:
-    """Features of both stores -> distances -> rank_metrics (and with ``rerank`` a second result under "rerank")."""
-    f = split_features(model, query_store, gallery_store, batch_size=batch_size, flip=flip, amp=amp)
-    return evaluate_features(f.query, f.gallery, *f.labels, rerank=rerank)
+    """Features of both stores -> distances -> rank_metrics (and with ``rerank`` a second result under "rerank");
+    ``stages`` hears of the "query", "gallery" and "metrics" stages (see :data:`StageCallbacks`)."""
+    f = split_features(model, query_store, gallery_store, batch_size=batch_size, flip=flip, amp=amp, stages=stages)
+    done = stages("metrics", 1) if stages is not None else None
+    result = evaluate_features(f.query, f.gallery, *f.labels, rerank=rerank)
+    if done is not None:
+        done(1, 1)
+    return result

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hhcl.config import AMP_MODES
+from hhcl.config import AMP_MODES, Config
 from hhcl.data import build_dataset, open_split
 from hhcl.distributed import resolve_device
 from hhcl.evaluation.features import pairwise_sq_dist
@@ -37,6 +37,8 @@ class EvalReport:
     metrics: dict[str, Any]
     seconds: dict[str, float]
     ranklists: list[Path] = field(default_factory=list)
+    data_root: str = ""  # the data root evaluated (absolute)
+    data_root_from: str = ""  # "override" (--root), "run" (the run's data.root) or "default" (none recorded)
 
     def rows(self) -> list[tuple[str, dict[str, Any]]]:
         """(label, metrics) for the plain result and, when present, the re-ranked one."""
@@ -59,6 +61,8 @@ class EvalReport:
         out: dict[str, Any] = {
             "source": self.source,
             "dataset": self.dataset,
+            "data_root": self.data_root,
+            "data_root_from": self.data_root_from,
             "arch": self.arch,
             "num_query": self.num_query,
             "num_gallery": self.num_gallery,
@@ -72,10 +76,30 @@ class EvalReport:
         return out
 
 
+def eval_data_root(
+    root: str | os.PathLike[str] | None, cfg: Config | None, default_root: str | os.PathLike[str], dataset: str
+) -> tuple[Path, str]:
+    """(absolute data root, where it came from): ``root`` when given ("override"), else the run's recorded
+    ``data.root`` ("run"; a relative one, from runs before roots were recorded absolute, is taken from the current
+    folder), else ``default_root`` ("default"). A recorded root missing here is an EvalError naming it and --root."""
+    if root is not None:
+        return Path(root).expanduser().absolute(), "override"
+    if cfg is None:
+        return Path(default_root).expanduser().absolute(), "default"
+    recorded = Path(cfg.data.root).expanduser()
+    if not recorded.is_dir():
+        raise EvalError(
+            f"the run's data.root {recorded.absolute()} does not exist here (a copied run, or the data moved?): "
+            f"pass --root DATA, the folder holding {dataset}/, to evaluate on data elsewhere"
+        )
+    return recorded.absolute(), "run"
+
+
 def evaluate_checkpoint(
     run_or_checkpoint: str | os.PathLike[str],
     *,
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+    default_root: str | os.PathLike[str] = "data",
     dataset: str | None = None,
     rerank: bool = False,
     flip: bool | None = None,
@@ -89,7 +113,8 @@ def evaluate_checkpoint(
     """Load the model, extract query/gallery features, compute mAP/CMC (and re-ranked), draw rank lists.
 
     ``dataset``, ``flip`` and ``amp`` default to the run's ``data.dataset``, ``eval.flip`` and ``train.amp``
-    (off for a checkpoint without a config). ``device`` is checked as ``--device``. ``ranklist`` K > 0 writes
+    (off for a checkpoint without a config). ``root`` overrides the run's recorded ``data.root``;
+    ``default_root`` serves a checkpoint that records none (see :func:`eval_data_root`). ``device`` is checked as ``--device``. ``ranklist`` K > 0 writes
     ``num_ranklists`` PNGs with the top K under ``out_dir``.
     """
     if ranklist and out_dir is None:
@@ -108,10 +133,11 @@ def evaluate_checkpoint(
             f"{info.source} does not record the dataset it was trained on (an authors' checkpoint): "
             "pass --dataset NAME, e.g. --dataset market1501"
         )
-    data = build_dataset(name, root)
+    data_root, origin = eval_data_root(root, cfg, default_root, name)
+    data = build_dataset(name, data_root)
     if not data.query or not data.gallery:
         raise EvalError(
-            f"dataset {name!r} under {root} has no query/gallery split "
+            f"dataset {name!r} under {data_root} has no query/gallery split "
             f"({len(data.query)} query, {len(data.gallery)} gallery images): evaluate on a labelled dataset"
         )
     size = {"height": info.height, "width": info.width, "device": dev}
@@ -134,5 +160,7 @@ def evaluate_checkpoint(
     if ranklist:
         sel = sample_queries(len(qs), num_ranklists).to(dev)
         rows = reranked[sel] if reranked is not None else pairwise_sq_dist(f.query[sel], f.gallery)
-        paths = save_ranklists(rows, sel.cpu(), qs, gs, topk=ranklist, out_dir=Path(str(out_dir)))
-    return EvalReport(info.source, name, info.arch, len(qs), len(gs), metrics, seconds, paths)
+        paths = save_ranklists(rows, sel.cpu(), qs.samples, gs.samples, topk=ranklist, out_dir=Path(str(out_dir)))
+    return EvalReport(
+        info.source, name, info.arch, len(qs), len(gs), metrics, seconds, paths, str(data_root), origin
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from hhcl.models.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_ghost_bn
 from hhcl.models.loading import ModelInfo, load_model
 from hhcl.models.pooling import GeneralizedMeanPoolingP, build_pooling
+from hhcl.models.pretrained import Pretrained, resolve_pretrained
 from hhcl.models.reid import ReIDNet, build_model
 from hhcl.models.resnet_ibn_a import IBN, ResNetIBN, resnet50_ibn_a
 from hhcl.models.weights import WeightsNotFoundError, hub_checkpoints_dir, imagenet_weights_file
@@ -16,6 +17,7 @@ __all__ = [
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
     "ModelInfo",
+    "Pretrained",
     "ReIDNet",
     "ResNetIBN",
     "WeightsNotFoundError",
@@ -26,4 +28,5 @@ __all__ = [
     "imagenet_weights_file",
     "load_model",
     "resnet50_ibn_a",
+    "resolve_pretrained",
 ]

@@ -43,7 +43,7 @@ class ModelInfo:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def _infer_architecture(state: Mapping[str, torch.Tensor], path: Path) -> tuple[str, str, int]:
+def infer_architecture(state: Mapping[str, torch.Tensor], path: Path) -> tuple[str, str, int]:
     """(arch, pooling, num_features) of an authors'-format state dict, from its keys and shapes."""
     if "base.0.weight" not in state:
         first = ", ".join(list(state)[:4])
@@ -63,7 +63,7 @@ def _infer_architecture(state: Mapping[str, torch.Tensor], path: Path) -> tuple[
     return arch, pooling, num_features
 
 
-def _config_from(metadata: Mapping[str, Any], checkpoint: Path) -> Config | None:
+def config_from(metadata: Mapping[str, Any], checkpoint: Path) -> Config | None:
     """The config in the checkpoint's header, else its run's config file, else None (an authors' file)."""
     text = metadata.get("config")
     source = f"{checkpoint} (embedded config)"
@@ -87,13 +87,13 @@ def load_model(
     """
     checkpoint = find_checkpoint(run_or_checkpoint)
     state, metadata = read_state_dict(checkpoint)
-    config = _config_from(metadata, checkpoint)
+    config = config_from(metadata, checkpoint)
     if config is not None:
         m = config.model
         arch, pooling, num_features, dropout = m.arch, m.pooling, m.num_features, m.dropout
         height, width = config.data.height, config.data.width
     else:
-        arch, pooling, num_features = _infer_architecture(state, checkpoint)
+        arch, pooling, num_features = infer_architecture(state, checkpoint)
         dropout, height, width = 0.0, int(metadata.get("height", 256)), int(metadata.get("width", 128))
     model = build_model(arch, pooling, "none", num_features=num_features, dropout=dropout)
     load_state_dict(model, state, strict=True, source=str(checkpoint))

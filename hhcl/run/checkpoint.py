@@ -137,6 +137,7 @@ class Checkpointer:
         *,
         is_best: bool = False,
         mid_epoch: dict[str, Any] | None = None,
+        cluster_eps: float | None = None,
     ) -> list[str]:
         """Write ``best.safetensors`` (when ``is_best``) then the last pair; returns the files written (relative)."""
         if not self.enabled:
@@ -157,6 +158,7 @@ class Checkpointer:
             rng=capture_rng(),
             pair=pair,
             config=self.config.to_toml(),
+            cluster_eps=cluster_eps,
             **(mid_epoch or {}),
         )
         self._write_pair(self._weights(pair, epoch, best_mAP), state_bytes(state), pair, f"{epoch}:{it}")

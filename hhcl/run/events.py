@@ -98,6 +98,10 @@ class Cluster(Event):
     outlier_ratio: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     eps: float | None = None
+    eps_auto: bool | None = None  # eps was chosen by cluster.eps = auto (at the run's first clustering)
+    #: pseudo-label quality against the train set's identities when it has them (ari, nmi, precision, recall);
+    #: a diagnostic the training never uses
+    quality: dict[str, float | None] | None = None
 
 
 @dataclass(kw_only=True)
@@ -173,8 +177,40 @@ class Heartbeat(Event):
     host: str | None = None
 
 
+#: the long stages a ``progress`` event names, as users read them
+PROGRESS_STAGES = {
+    "extract_train": "extract train features",
+    "cluster": "clustering",
+    "memory": "memory init",
+    "extract_query": "extract query features",
+    "extract_gallery": "extract gallery features",
+    "eval_metrics": "distances and rank metrics",
+}
+#: the stages whose ``done``/``total`` count images
+COUNTED_STAGES = ("extract_train", "extract_query", "extract_gallery")
+#: the sub-stages of "cluster", in order: its ``done`` counts how many of them have finished
+CLUSTER_STEPS = ("kNN", "Jaccard", "DBSCAN")
+
+
+@dataclass(kw_only=True)
+class Progress(Event):
+    """A long stage of an epoch's set-up or of an evaluation (a PROGRESS_STAGES key) moved on: ``done`` of
+    ``total`` (images for extraction, CLUSTER_STEPS for clustering, 0 then 1 otherwise), ``seconds`` in it so far.
+
+    A stage starts with ``done`` 0 and ends with ``done == total``; under DDP the counts are rank 0's.
+    """
+
+    type: ClassVar[str] = "progress"
+    epoch: int | None = None
+    stage: str | None = None
+    done: int | None = None
+    total: int | None = None
+    seconds: float | None = None
+
+
 EVENT_CLASSES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (RunStart, EpochStart, Cluster, Step, Eval, Checkpoint, Error, RunEnd, Heartbeat)
+    cls.type: cls
+    for cls in (RunStart, EpochStart, Cluster, Step, Eval, Checkpoint, Error, RunEnd, Heartbeat, Progress)
 }
 EVENT_TYPES = tuple(EVENT_CLASSES)
 
@@ -189,6 +225,23 @@ def iter_label(it: int | None, iters: int | None = None) -> str:
     """``iter 10/200`` for the 0-based index 9."""
     shown = "?" if it is None else str(it + 1)
     return f"iter {shown}" + (f"/{iters}" if iters else "")
+
+
+def progress_text(event: Progress) -> str:
+    """What a ``progress`` event says, e.g. ``extract train features 3,200/12,936`` or ``clustering: kNN done,
+    Jaccard...``; the one wording of the terminal, log.txt and the dashboard."""
+    label = PROGRESS_STAGES.get(event.stage or "", event.stage or "?")
+    done, total = event.done, event.total
+    if done is None or total is None:
+        return label
+    if event.stage == "cluster" and total == len(CLUSTER_STEPS):
+        if done <= 0:
+            return f"{label} ({', '.join(CLUSTER_STEPS)})..."
+        finished = f"{', '.join(CLUSTER_STEPS[:done])} done"
+        return f"{label}: {finished}" + (f", {CLUSTER_STEPS[done]}..." if done < total else "")
+    if event.stage in COUNTED_STAGES:
+        return f"{label} {done:,}/{total:,}"
+    return f"{label} done" if done >= total else f"{label}..."
 
 
 # -- writing ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ LAST_WEIGHTS = "last.safetensors"
 LAST_STATE = "last.state.pt"
 BEST_WEIGHTS = "best.safetensors"
 COMMIT_FILE = "last.commit"  # the checkpoint pair's commit record (exists only while a pair is being renamed)
+LABELS = "labels"  # each epoch's pseudo labels (epoch_001.npy, ...) and the train images they index (train.tsv)
 
 
 class RunDirError(ValueError):
@@ -74,6 +75,14 @@ class RunLayout:
     @property
     def commit(self) -> Path:
         return self.checkpoints / COMMIT_FILE
+
+    @property
+    def labels(self) -> Path:
+        return self.root / LABELS
+
+    def epoch_labels(self, epoch: int) -> Path:
+        """The pseudo labels of 0-based ``epoch``, named 1-based as users read epochs."""
+        return self.labels / f"epoch_{epoch + 1:03d}.npy"
 
     def has_checkpoint(self) -> bool:
         """Whether a training checkpoint (a pair, or a pair still being committed) is on disk."""

@@ -39,6 +39,7 @@ class TrainingState:
     memory: dict[str, torch.Tensor] | None = None  # mid-epoch only: the memory bank as it was
     labels: torch.Tensor | None = None  # mid-epoch only: this epoch's pseudo labels
     aug_gen: torch.Tensor | None = None  # mid-epoch only: the augmentation generator's state
+    cluster_eps: float | None = None  # cluster.eps = auto: the eps chosen at the first clustering, kept for the run
 
 
 def state_bytes(state: TrainingState) -> bytes:

@@ -8,13 +8,23 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from hhcl_tui.common import console, data_root, fail
+
+_ORIGIN = {
+    "run": "the run's data.root",
+    "override": "--root",
+    "default": "no data.root recorded: $HHCL_DATA or ./data",
+}
 
 
 def _table(report: Any) -> Table:
     table = Table(
-        title=f"{report.dataset}: {report.num_query} query x {report.num_gallery} gallery  ({report.arch})",
+        title=Text(
+            f"{report.dataset}: {report.num_query} query x {report.num_gallery} gallery  ({report.arch})\n"
+            f"data: {report.data_root}/{report.dataset}  ({_ORIGIN[report.data_root_from]})"
+        ),
         header_style="bold cyan",
     )
     table.add_column("ranking")
@@ -28,7 +38,7 @@ def _table(report: Any) -> Table:
 def eval_cmd(
     source: Annotated[Path, typer.Argument(help="run directory (runs/<name>) or checkpoint (.safetensors, .pth.tar)")],
     dataset: Annotated[str | None, typer.Option(help="dataset name (default: the run's data.dataset)")] = None,
-    root: Annotated[Path | None, typer.Option(help="data root (default $HHCL_DATA or ./data)")] = None,
+    root: Annotated[Path | None, typer.Option(help="data root (default: the run's data.root; for a checkpoint without one, $HHCL_DATA or ./data)")] = None,
     rerank: Annotated[bool, typer.Option("--rerank", help="also report k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")] = False,
     flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="average with flipped images (default: eval.flip)")] = None,
     amp: Annotated[str | None, typer.Option(help="off, bf16 or fp16 autocast for the features (default: train.amp)")] = None,
@@ -56,7 +66,8 @@ def eval_cmd(
         with console.status(f"evaluating {source} ..."):
             report = evaluate_checkpoint(
                 source,
-                root=data_root(root),
+                root=root,
+                default_root=data_root(None),
                 dataset=dataset,
                 rerank=rerank,
                 flip=flip,

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from hhcl_tui.common import console, data_root, err_console, fail
+
+
+def _camera_table(report: Any) -> Table:
+    """The cameras a folder dataset found: name -> id, and images per split."""
+    splits = [s for s in ("train", "query", "gallery") if report.counts.get(s)]
+    table = Table(title="cameras found (name -> id)", header_style="bold cyan")
+    table.add_column("group")
+    table.add_column("camera")
+    for col in ("id", *splits):
+        table.add_column(col, justify="right")
+    for cam in report.cameras:
+        counts = [f"{cam.images[s]:,}" if s in cam.images else "" for s in splits]
+        table.add_row(cam.group, Text(cam.name), str(cam.camid), *counts)
+    return table
 
 
 def prepare(
@@ -25,7 +39,11 @@ def prepare(
     skip_corrupt: Annotated[bool, typer.Option(help="leave corrupt images out instead of failing")] = False,
     copy: Annotated[bool, typer.Option(help="copy a --src folder instead of linking it")] = False,
     cam_pattern: Annotated[
-        str | None, typer.Option(help="folder: regex on the file name whose group 1 is the camera")
+        str | None,
+        typer.Option(
+            help="folder: regex searched in each file name; its group 'cam' (else group 1) is the camera, in place "
+            "of the camera sub-folder (flat Market names keep their c<N>)"
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="synthetic: generator seed; viper: id split seed")] = 0,
     ids: Annotated[int, typer.Option(help="synthetic: number of identities (half train, half test)")] = 100,
@@ -74,11 +92,20 @@ def prepare(
     for warning in report.warnings:  # plain text: a path may hold "[x]", which is not markup
         err_console.print(Text.assemble(("warning:", "yellow"), " ", warning))
     table = Table(title=Text(f"{dataset} in {report.top}"), header_style="bold cyan")
-    for col in ("split", "images", "published"):
+    for col in ("split", "images", "identities", "cameras", "published"):
         table.add_column(col, justify="right")
     for split, n in report.counts.items():
-        table.add_row(split, f"{n:,}", f"{report.published[split]:,}" if report.published else "-")
+        ids = report.ids.get(split)
+        table.add_row(
+            split,
+            f"{n:,}",
+            "unlabelled" if ids is None else f"{ids:,}",
+            f"{report.cams.get(split, 0):,}",
+            f"{report.published[split]:,}" if report.published else "-",
+        )
     console.print(table)
+    if report.cameras:
+        console.print(_camera_table(report))
     console.print(
         f"cache: {', '.join(str(p) for p in report.caches)}  ({report.seconds:.1f} s)",
         highlight=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,10 +89,12 @@ def train(
             except (RunDirError, RunLockedError) as err:
                 raise fail(str(err)) from None
 
+    cfg.data.root = os.path.abspath(os.path.expanduser(cfg.data.root))  # what the run records
     if dry_run:
         console.print(Syntax(cfg.to_toml(), "toml", theme="ansi_dark", background_color="default"))
         note = " (resumed)" if resume else " (not created: dry run)"
         console.print(f"run directory: {run_dir}{note}", highlight=False, markup=False)
+        console.print(f"dataset: {_dataset_check(cfg)}", highlight=False, markup=False)
         raise typer.Exit(0)
 
     if nproc_per_node > 1 and not _under_torchrun():
@@ -114,6 +117,17 @@ def train(
     raise typer.Exit(run_training(cfg, run_dir, preset=label, resume=resume is not None))
 
 
+def _dataset_check(cfg: Config) -> str:
+    """The dataset the run would train on, checked (exists, parses, counts, cache); exits 2 with the fix if not."""
+    from hhcl.data import DatasetFormatError, DatasetNotFoundError
+    from hhcl.data.prepare import check_prepared
+
+    try:
+        return check_prepared(cfg.data.dataset, cfg.data.root, height=cfg.data.height, width=cfg.data.width)
+    except (DatasetNotFoundError, DatasetFormatError) as err:
+        raise fail(f"the dry run's dataset is not ready: {err}") from None
+
+
 def _with_root(sets: list[str] | None, root: Path | None) -> list[str]:
     out = list(sets or [])
     if root is not None:
@@ -123,19 +137,22 @@ def _with_root(sets: list[str] | None, root: Path | None) -> list[str]:
 
 def run_training(cfg: Config, run_dir: Path, *, preset: str | None, resume: bool) -> int:
     """Train with console reporting (rank 0 prints); returns the exit code (0, 1, 2, 130 or 143)."""
+    from hhcl.checkpoint import CheckpointError
     from hhcl.engine import Trainer
+    from hhcl.models import WeightsNotFoundError
     from hhcl.reporting import ConsoleReporter
 
     main = int(os.environ.get("RANK", "0")) == 0
     hooks = [ConsoleReporter(run_dir, console)] if main else []
     try:
-        result = Trainer(cfg, run_dir, preset=preset, resume=resume, hooks=hooks).fit()
-    except (ConfigError, RunLockedError) as err:  # refused before the run directory was touched
+        trainer = Trainer(cfg, run_dir, preset=preset, resume=resume, hooks=hooks)
+        result = trainer.fit()
+    except (ConfigError, RunLockedError, WeightsNotFoundError, CheckpointError) as err:  # refused before the run directory was touched
         raise fail(str(err)) from None
     if not main:
         return result.exit_code
     if result.status == "ok":
-        console.print(f"run directory: {run_dir}  (watch: hhcl monitor {run_dir}; evaluate: hhcl eval {run_dir})", highlight=False, markup=False)
+        console.print(f"run directory: {run_dir}  ({_next_steps(run_dir, trainer.dataset.query)})", highlight=False, markup=False)
     elif result.status == "interrupted":
         console.print(result.message, style="yellow", highlight=False, markup=False)
     else:
@@ -150,6 +167,18 @@ def run_training(cfg: Config, run_dir: Path, *, preset: str | None, resume: bool
     return result.exit_code
 
 
+def _next_steps(run_dir: Path, query: list) -> str:
+    """What to do with a finished run: hhcl eval needs a labelled query/gallery set, which an unlabelled one lacks."""
+    if query:
+        return f"watch: hhcl monitor {run_dir}; evaluate: hhcl eval {run_dir}; see the clusters: hhcl clusters {run_dir} --out DIR"
+    return (
+        f"watch: hhcl monitor {run_dir}; see the clusters: hhcl clusters {run_dir} --out DIR; "
+        "no query/gallery to evaluate on, so use the model: "
+        f"hhcl search {run_dir} --gallery CROPS_DIR --query IMAGE --out DIR, "
+        f"hhcl embed {run_dir} CROPS_DIR --out FILE.npy, hhcl export {run_dir} --format onnx --out reid.onnx"
+    )
+
+
 def _run_with_dashboard(cmd: list[str], run_dir: Path) -> int:
     """Start training in its own process (and process group) and open the dashboard on its run directory."""
     from hhcl_tui.dashboard import run_dashboard
@@ -162,11 +191,18 @@ def _run_with_dashboard(cmd: list[str], run_dir: Path) -> int:
 def demo(
     root: Annotated[Path | None, typer.Option(help="data root for the synthetic dataset [default: $HHCL_DATA or ./data]")] = None,
     runs_dir: Annotated[Path, typer.Option(help="where the demo run directory goes")] = Path("runs"),
+    threads: Annotated[int | None, typer.Option(help="CPU threads [default: hhcl.demo.DEMO_THREADS, the count of the README's figures; the run's path depends on it]")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the numbers and the conditions they were measured under")] = None,
 ) -> None:
     """Generate synthetic people, train the demo preset on the CPU, and show mAP before and after."""
-    from hhcl.demo import run_demo
+    from hhcl.demo import DEMO_THREADS, run_demo
+    from hhcl.run.atomic import atomic_write_text
 
-    result = run_demo(data_root(root), runs_dir, console=console)
+    if threads is not None and threads < 1:
+        raise fail(f"--threads must be >= 1, got {threads}", 2)
+    result = run_demo(data_root(root), runs_dir, console=console, threads=threads or DEMO_THREADS)
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(result.to_json(), indent=2) + "\n")
     if result.status == "error":
         raise fail(result.message, result.exit_code)
     raise typer.Exit(result.exit_code)

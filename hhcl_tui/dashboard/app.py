@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.markup import escape
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
@@ -114,7 +115,7 @@ class DashboardApp(App[str]):
             "run": "Run",
             "progress": "Progress",
             "loss": "Loss (x: epochs)",
-            "evals": "mAP / R1",
+            "evals": "mAP / R1 · labels ARI / NMI",
             "clusters": "Clustering",
             "log": "Log",
         }
@@ -158,6 +159,7 @@ class DashboardApp(App[str]):
         self.query_one("#bar", ProgressBar).update(total=1.0, progress=state.progress)
         self.query_one("#speed-text", Static).update(view.speed_text(state))
         self.query_one("#checkpoint-text", Static).update(view.checkpoint_text(state))
+        self.query_one("#progress").border_subtitle = escape(view.stage_text(state))
         self.query_one("#eval-text", Static).update(view.eval_text(state))
         self.query_one("#evals").border_subtitle = view.last_eval_text(state)
         self.query_one("#cluster-text", Static).update(view.cluster_text(state))
@@ -176,7 +178,7 @@ class DashboardApp(App[str]):
     def _redraw_plots(self) -> None:
         """Replot the loss and mAP/R1 curves when they gained points or a fresh attempt reset them."""
         state = self.state
-        key = (state.attempt, len(state.loss_points), len(state.evals), state.iters_per_epoch or 0)
+        key = (state.attempt, len(state.loss_points), len(state.evals), len(state.clusters), state.iters_per_epoch or 0)
         if key == self._plotted:
             return
         self._plotted = key
@@ -199,6 +201,9 @@ class DashboardApp(App[str]):
                 plt.plot([x for x, _ in r1], [y for _, y in r1], marker="braille", color="magenta", label="R1")
             best = max(points, key=lambda p: p[1])  # the first of equal maxima, like RunState.best_eval
             plt.scatter([best[0]], [best[1]], marker="★", color="yellow")
+        for (name, series), colour in zip(view.quality_points(state).items(), ("orange", "blue"), strict=True):
+            if series:  # pseudo-label quality, when the train set has identities (never used in training)
+                plt.plot([x for x, _ in series], [y for _, y in series], marker="braille", color=colour, label=name)
         evals.refresh()
 
     # -- actions ----------------------------------------------------------------------------------

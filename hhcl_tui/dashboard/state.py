@@ -25,6 +25,7 @@ from hhcl.run.events import (
     Eval,
     Event,
     Heartbeat,
+    Progress,
     RunEnd,
     RunStart,
     Step,
@@ -50,6 +51,9 @@ class ClusterRecord:
     n_outliers: int | None
     outlier_ratio: float | None
     seconds: dict[str, float]
+    eps: float | None = None
+    eps_auto: bool = False  # chosen by cluster.eps = auto
+    quality: dict[str, float] | None = None  # against the train identities, when the train set has them
 
 
 @dataclass
@@ -109,6 +113,7 @@ class RunState:
     progress_t: float | None = None
     pace_t0: float | None = None  # ETA pace is measured from the latest run_start (a resume restarts it)
     pace_done0: int = 0
+    stage: Progress | None = None  # the latest long stage of a set-up or an evaluation, until iterations start
     log: deque[LogLine] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     n_log: int = 0  # log lines ever appended (the deque keeps the last LOG_LINES)
     n_events: int = 0
@@ -249,6 +254,7 @@ def _on_run_start(state: RunState, e: RunStart, t: float | None) -> None:
 
 
 def _on_epoch_start(state: RunState, e: EpochStart, t: float | None) -> None:
+    state.stage = None
     if e.epoch is not None:
         state.epoch, state.iter = e.epoch, None
         state.progress_t = t if t is not None else state.progress_t
@@ -266,15 +272,23 @@ def _on_cluster(state: RunState, e: Cluster, t: float | None) -> None:
         n_outliers=e.n_outliers,
         outlier_ratio=e.outlier_ratio,
         seconds=dict(e.seconds),
+        eps=e.eps,
+        eps_auto=bool(e.eps_auto),
+        quality=dict(e.quality) if e.quality else None,
     )
     state.clusters.append(record)
     ratio = f" ({record.outlier_ratio:.1%})" if record.outlier_ratio is not None else ""
     took = f" in {sum(record.seconds.values()):.1f} s" if record.seconds else ""
     text = f"{_count(record.n_clusters)} clusters, {_count(record.n_outliers)} outliers{ratio}{took}"
+    if record.eps is not None:
+        text += f", eps {record.eps:.3g}" + (" (auto)" if record.eps_auto else "")
+    if record.quality and "ari" in record.quality:
+        text += f"; vs identities ARI {record.quality['ari']:.3f}"
     add_log(state, t, "info", text)
 
 
 def _on_step(state: RunState, e: Step, t: float | None) -> None:
+    state.stage = None  # iterations started: the set-up is over
     if e.epoch is not None:
         state.epoch = e.epoch
     if e.iter is not None:
@@ -291,6 +305,7 @@ def _on_step(state: RunState, e: Step, t: float | None) -> None:
 
 
 def _on_eval(state: RunState, e: Eval, t: float | None) -> None:
+    state.stage = None
     if e.mAP is None:
         return
     r1, r5, r10 = [*e.cmc, None, None, None][:3]
@@ -313,6 +328,7 @@ def _on_checkpoint(state: RunState, e: Checkpoint, t: float | None) -> None:
 
 
 def _on_run_end(state: RunState, e: RunEnd, t: float | None) -> None:
+    state.stage = None
     state.status = e.status if e.status in RUN_STATUSES else "error"  # a run_end without a valid status
     state.silent_for = None
     state.elapsed = e.elapsed
@@ -337,6 +353,12 @@ def _on_error(state: RunState, e: Error, t: float | None) -> None:
         add_log(state, t, "warn", f"hint: {e.hint}")
 
 
+def _on_progress(state: RunState, e: Progress, t: float | None) -> None:
+    """A long stage moved on: shown until the next stage, the iterations, the evaluation's result or the end."""
+    if e.stage is not None:
+        state.stage = e
+
+
 def _on_heartbeat(state: RunState, e: Heartbeat, t: float | None) -> None:
     """A heartbeat names the live process, also before its ``run_start`` (a long set-up)."""
     if e.pid is None:
@@ -357,6 +379,7 @@ _HANDLERS: dict[type[Event], Callable[[RunState, Any, float | None], None]] = {
     RunEnd: _on_run_end,
     Error: _on_error,
     Heartbeat: _on_heartbeat,
+    Progress: _on_progress,
 }
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from rich.text import Text
 
-from hhcl.run.events import epoch_label, iter_label
+from hhcl.run.events import COUNTED_STAGES, epoch_label, iter_label, progress_text
 from hhcl_tui.dashboard.state import STAGES, LogLine, RunState, downsample
 
 STATUS_STYLE = {
@@ -131,6 +131,20 @@ def eta_text(state: RunState) -> Text:
     return text
 
 
+def stage_text(state: RunState) -> str:
+    """The running set-up or evaluation stage, e.g. ``extract train features 3,200/12,936 (41%) · 0:41``; empty
+    when there is none (iterations running, or no ``progress`` events in the log)."""
+    e = state.stage
+    if e is None:
+        return ""
+    text = progress_text(e)
+    if e.stage in COUNTED_STAGES and e.done is not None and e.total:
+        text += f" ({e.done / e.total:.0%})"
+    if e.seconds is not None:
+        text += f" · {fmt_duration(e.seconds)}"
+    return text
+
+
 def checkpoint_text(state: RunState) -> Text:
     """The latest checkpoint's path (empty before the first)."""
     text = Text(no_wrap=True, overflow="ellipsis")
@@ -170,6 +184,17 @@ def eval_points(state: RunState) -> list[tuple[int, float, float | None]]:
     return [(e.epoch + 1, e.mAP * 100, e.r1 * 100 if e.r1 is not None else None) for e in state.evals]
 
 
+def quality_points(state: RunState) -> dict[str, list[tuple[int, float]]]:
+    """(1-based epoch, value x 100) of the pseudo labels' ARI and NMI against the train identities, per epoch."""
+    out: dict[str, list[tuple[int, float]]] = {"ARI": [], "NMI": []}
+    for c in state.clusters:
+        for name in out:
+            value = (c.quality or {}).get(name.lower())
+            if value is not None:
+                out[name].append((c.epoch + 1, value * 100))
+    return out
+
+
 def eval_text(state: RunState) -> Text:
     """The best evaluation (highlighted: mAP, R1 and its epoch)."""
     text = Text(no_wrap=True, overflow="ellipsis")
@@ -205,6 +230,11 @@ def cluster_text(state: RunState) -> Text:
     text.append(fmt_count(last.n_outliers), style="bold red")
     text.append(" outliers ", style="dim")
     text.append(f"({fmt_pct(last.outlier_ratio)})", style="red")
+    if last.eps is not None:
+        text.append(f"  eps {last.eps:.3g}" + (" auto" if last.eps_auto else ""), style="dim")
+    if last.quality and last.quality.get("ari") is not None:
+        text.append("  ARI ", style="dim")
+        text.append(f"{last.quality['ari']:.2f}", style="bold")
     return text
 
 

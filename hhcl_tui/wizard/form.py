@@ -52,7 +52,7 @@ FIELDS: tuple[Field, ...] = (
     Field("model.arch", "Backbone", ARCHS),
     Field("model.pooling", "Pooling", POOLINGS),
     Field("memory.mode", "Memory mode", MEMORY_MODES),
-    Field("cluster.eps", "DBSCAN eps", hint="Jaccard distance in (0, 1]"),
+    Field("cluster.eps", "DBSCAN eps", hint="Jaccard distance in (0, 1), or auto"),
     Field("data.batch_size", "Batch size", hint="a multiple of instances"),
     Field("data.num_instances", "Instances / id", hint="images per pseudo identity"),
     Field("train.epochs", "Epochs"),

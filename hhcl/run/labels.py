@@ -1,0 +1,86 @@
+"""Each epoch's pseudo labels, kept in the run directory: a small int32 array per epoch plus the train image list.
+
+``labels/train.tsv`` lists the train images in the order the labels index them (path, identity or -1 when the
+train set has none, camera id), written once per run; ``labels/epoch_NNN.npy`` holds one epoch's labels (-1 for
+outliers). ``hhcl clusters`` draws them, and a copied run directory keeps them.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hhcl.run.atomic import atomic_write_bytes, atomic_write_text
+from hhcl.run.layout import RunLayout
+
+TRAIN_INDEX = "train.tsv"
+_EPOCH_FILE = re.compile(r"^epoch_(\d{3,})\.npy$")
+
+
+class LabelsError(ValueError):
+    """The run keeps no labels for what was asked (or they do not fit its image list); says what exists."""
+
+
+@dataclass(frozen=True)
+class TrainIndex:
+    """The train images the labels index: paths, identities (-1 when unknown) and camera ids."""
+
+    paths: list[str]
+    pids: np.ndarray
+    camids: np.ndarray
+
+
+def save_train_index(layout: RunLayout, paths: Sequence[str], pids: Sequence[int] | None, camids: Sequence[int]) -> None:
+    """Write ``train.tsv`` (``pids`` None: the train set has no identities)."""
+    pid_list = list(pids) if pids is not None else [-1] * len(paths)
+    rows = ["path\tpid\tcamid", *(f"{p}\t{int(i)}\t{int(c)}" for p, i, c in zip(paths, pid_list, camids, strict=True))]
+    atomic_write_text(layout.labels / TRAIN_INDEX, "\n".join(rows) + "\n")
+
+
+def read_train_index(layout: RunLayout) -> TrainIndex:
+    """The image list the run's labels index."""
+    path = layout.labels / TRAIN_INDEX
+    if not path.is_file():
+        raise LabelsError(f"{path} is missing: this run keeps no pseudo labels (runs before hhcl kept them did not)")
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    cols = [line.rsplit("\t", 2) for line in lines if line]
+    if any(len(c) != 3 for c in cols):
+        raise LabelsError(f"{path} is malformed: expected 'path<TAB>pid<TAB>camid' rows")
+    return TrainIndex([c[0] for c in cols], np.array([int(c[1]) for c in cols], np.int64), np.array([int(c[2]) for c in cols], np.int64))
+
+
+def save_epoch_labels(layout: RunLayout, epoch: int, labels: np.ndarray) -> Path:
+    """Write the pseudo labels of 0-based ``epoch`` as int32 (atomic)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(labels, dtype=np.int32))
+    path = layout.epoch_labels(epoch)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def saved_epochs(layout: RunLayout) -> list[int]:
+    """0-based epochs whose labels are kept, ascending."""
+    if not layout.labels.is_dir():
+        return []
+    found = (_EPOCH_FILE.match(p.name) for p in layout.labels.iterdir())
+    return sorted(int(m.group(1)) - 1 for m in found if m)
+
+
+def load_epoch_labels(layout: RunLayout, epoch: int | None = None) -> tuple[int, np.ndarray]:
+    """(0-based epoch, labels) of ``epoch``, or of the latest kept epoch when None."""
+    epochs = saved_epochs(layout)
+    if not epochs:
+        raise LabelsError(f"{layout.root} keeps no pseudo labels yet (no {layout.labels}/epoch_NNN.npy): "
+                          "they are written at each epoch's clustering")
+    if epoch is None:
+        epoch = epochs[-1]
+    elif epoch not in epochs:
+        shown = ", ".join(str(e + 1) for e in epochs)
+        raise LabelsError(f"{layout.root} keeps no labels for epoch {epoch + 1}; epochs kept: {shown}")
+    labels = np.load(layout.epoch_labels(epoch))
+    return epoch, labels.astype(np.int64)
