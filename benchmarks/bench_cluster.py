@@ -1,11 +1,19 @@
-"""Benchmark the clustering engine (kNN -> k-reciprocal Jaccard -> DBSCAN) against the dense reference-style
-baseline, and against the bare exact kNN (the floor).
+"""Benchmark the clustering engine (kNN -> k-reciprocal Jaccard -> DBSCAN) against a bare faiss exact search (the
+floor) and against the dense reference-style baseline.
 
     .venv/bin/python benchmarks/bench_cluster.py --n 12936 --dim 2048
-    .venv/bin/python benchmarks/bench_cluster.py --n 32621 --eps 0.7 --no-naive
+    .venv/bin/python benchmarks/bench_cluster.py --n 32621 --eps 0.7 --no-naive --rounds 1
 
-Each variant runs in its own subprocess so that its peak RSS is its own. Features are synthetic clustered unit
-vectors (clusters of ~16, 10 % pure-noise points), the same in every subprocess.
+Variants, each in its own subprocess (so that its peak RSS is its own), on the same synthetic clustered unit
+features (clusters of ~16, 10 % pure-noise points), float32, built identically in every subprocess:
+
+- bare:  faiss.IndexFlatL2(D); .add(x); .search(x, k1 + 1)  -- the exact kNN the reference runs, nothing else
+- fast:  hhcl.cluster.pseudo_labels(x, k1, k2, eps)         -- the whole clustering
+- naive: faiss kNN + dense N x N Jaccard with Python loops + sklearn DBSCAN (benchmarks/naive_cluster.py)
+
+bare and fast run --rounds times, alternating (bare, fast, bare, fast, ...) so that a change in the machine's
+load hits both; each subprocess makes one untimed warm-up call, then --repeat timed calls. Reported: the median
+of all timed calls of a variant, and "whole clustering / bare faiss search" = median(fast) / median(bare).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,28 +39,41 @@ sys.path.insert(0, str(HERE.parent))
 import naive_cluster as naive  # noqa: E402
 
 from hhcl.cluster import pseudo_labels  # noqa: E402
-from hhcl.cluster.knn import neighbours, timed  # noqa: E402
+from hhcl.cluster.knn import timed  # noqa: E402
 
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _bare_search(x: np.ndarray, k: int) -> None:
+    import faiss
+
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    index.search(x, k)
+
+
 def _run_variant(args: argparse.Namespace) -> dict:
-    """One variant in this process: returns seconds per stage, peak RSS and where the labels were saved."""
+    """One variant in this process: seconds of every timed call, peak RSS and where the labels were saved."""
     device = torch.device(args.device)
     x = naive.clustered_features(args.n, args.dim, noise=args.noise, seed=args.seed).to(device)
     base = _peak_mb()
-    out: dict = {"variant": args.variant, "base_rss_mb": base}
-    if args.variant in ("knn", "knn_faiss"):
-        backend = "faiss" if args.variant == "knn_faiss" else args.backend
-        for _ in range(args.repeat):  # the last (warm) call counts, as in every epoch after the first
-            _, sec = timed(lambda: neighbours(x, args.k1, backend=backend), device)
-        out["seconds"] = {"knn": sec}
+    out: dict = {"variant": args.variant, "base_rss_mb": base, "calls": []}
+    if args.variant == "bare":
+        xn = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+        for call in range(1 + args.repeat):
+            t = time.perf_counter()
+            _bare_search(xn, args.k1 + 1)
+            if call:
+                out["calls"].append({"total": time.perf_counter() - t})
     elif args.variant == "fast":
-        for _ in range(args.repeat):
-            res = pseudo_labels(x, k1=args.k1, k2=args.k2, eps=args.eps, knn_backend=args.backend)
-        out["seconds"] = res.seconds
+        for call in range(1 + args.repeat):
+            res, sec = timed(
+                lambda: pseudo_labels(x, k1=args.k1, k2=args.k2, eps=args.eps, knn_backend=args.backend), device
+            )
+            if call:
+                out["calls"].append({"total": sec, **res.seconds})
         out["clusters"], out["outliers"] = res.n_clusters, res.n_outliers
         np.save(args.labels, res.labels.cpu().numpy())
     else:
@@ -63,7 +85,7 @@ def _run_variant(args: argparse.Namespace) -> dict:
         t2 = time.perf_counter()
         labels = naive.cluster_reference(dist, args.eps)
         t3 = time.perf_counter()
-        out["seconds"] = {"knn": t1 - t0, "jaccard": t2 - t1, "dbscan": t3 - t2}
+        out["calls"].append({"total": t3 - t0, "knn": t1 - t0, "jaccard": t2 - t1, "dbscan": t3 - t2})
         out["clusters"], out["outliers"] = int(labels.max()) + 1, int((labels < 0).sum())
         np.save(args.labels, labels)
     out["peak_rss_mb"] = _peak_mb()
@@ -78,6 +100,11 @@ def _spawn(args: argparse.Namespace, variant: str, labels: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _median(runs: list[dict], key: str) -> float | None:
+    values = [c[key] for r in runs for c in r["calls"] if key in c]
+    return statistics.median(values) if values else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=12936)
@@ -90,10 +117,10 @@ def main() -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--repeat", type=int, default=2, help="calls per fast variant; the last (warm) one is timed")
+    p.add_argument("--rounds", type=int, default=3, help="subprocesses per variant (bare and fast alternate)")
+    p.add_argument("--repeat", type=int, default=2, help="timed calls per subprocess, after one warm-up call")
     p.add_argument("--no-naive", action="store_true", help="skip the dense baseline (needs ~12 GB at N=32621)")
-    p.add_argument("--faiss", action="store_true", help="also time the bare kNN with the faiss backend")
-    p.add_argument("--variant", choices=["knn", "knn_faiss", "fast", "naive"], help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=["bare", "fast", "naive"], help=argparse.SUPPRESS)
     p.add_argument("--labels", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,31 +129,40 @@ def main() -> None:
         print(json.dumps(_run_variant(args)))
         return
 
+    load0 = os.getloadavg()
+    runs: dict[str, list[dict]] = {"bare": [], "fast": []}
     with tempfile.TemporaryDirectory() as tmp:
-        variants = ["knn"] + (["knn_faiss"] if args.faiss else []) + ["fast"] + ([] if args.no_naive else ["naive"])
-        runs = {v: _spawn(args, v, f"{tmp}/{v}.npy") for v in variants}
+        for r in range(args.rounds):
+            for v in ("bare", "fast"):
+                runs[v].append(_spawn(args, v, f"{tmp}/{v}{r}.npy"))
+        fast_labels = [np.load(f"{tmp}/fast{r}.npy") for r in range(args.rounds)]
+        stable = all(np.array_equal(fast_labels[0], a) for a in fast_labels[1:])
         same = None
-        if "naive" in runs:
-            a, b = np.load(f"{tmp}/fast.npy"), np.load(f"{tmp}/naive.npy")
-            same = int((a != b).sum())
-    floor = runs["knn"]["seconds"]["knn"]
+        if not args.no_naive:
+            runs["naive"] = [_spawn(args, "naive", f"{tmp}/naive.npy")]
+            same = int((fast_labels[0] != np.load(f"{tmp}/naive.npy")).sum())
+    load1 = os.getloadavg()
+
     print(f"N={args.n} D={args.dim} k1={args.k1} k2={args.k2} eps={args.eps} device={args.device} "
-          f"threads={args.threads} backend={args.backend} (fast: call {args.repeat} of {args.repeat} timed)")
+          f"threads={args.threads} backend={args.backend}; {args.rounds} rounds x {args.repeat} timed calls "
+          f"(after a warm-up call) per variant, medians")
+    print(f"load average (1, 5, 15 min): start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
+          f"end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     print(f"{'stage':<10}{'fast s':>10}{'naive s':>10}{'naive/fast':>12}")
-    fast, nv = runs["fast"]["seconds"], runs.get("naive", {}).get("seconds", {})
-    for stage in ("knn", "jaccard", "dbscan"):
-        n_s = nv.get(stage)
-        print(f"{stage:<10}{fast[stage]:>10.3f}{n_s if n_s is None else round(n_s, 3)!s:>10}"
-              f"{'' if n_s is None else f'{n_s / fast[stage]:.1f}x':>12}")
-    tf, tn = sum(fast.values()), sum(nv.values()) if nv else None
-    print(f"{'total':<10}{tf:>10.3f}{'' if tn is None else round(tn, 3)!s:>10}"
-          f"{'' if tn is None else f'{tn / tf:.1f}x':>12}")
-    print(f"bare exact kNN (floor): {floor:.3f} s; whole fast clustering / floor = {tf / floor:.2f}x")
-    if "knn_faiss" in runs:
-        print(f"bare exact kNN with faiss: {runs['knn_faiss']['seconds']['knn']:.3f} s")
-    for v, r in runs.items():
-        print(f"peak RSS {v:<6}: {r['peak_rss_mb']:8.0f} MB (after features: {r['base_rss_mb']:.0f} MB)"
+    for stage in ("knn", "jaccard", "dbscan", "total"):
+        f_s, n_s = _median(runs["fast"], stage), _median(runs.get("naive", []), stage)
+        print(f"{stage:<10}{f_s:>10.3f}{'' if n_s is None else f'{n_s:.3f}':>10}"
+              f"{'' if n_s is None else f'{n_s / f_s:.1f}x':>12}")
+    bare, fast = _median(runs["bare"], "total"), _median(runs["fast"], "total")
+    calls = {v: " ".join(f"{c['total']:.2f}" for r in runs[v] for c in r["calls"]) for v in ("bare", "fast")}
+    print(f"bare faiss search (IndexFlatL2 add + search, k={args.k1 + 1}): {bare:.3f} s  [calls: {calls['bare']}]")
+    print(f"whole clustering (pseudo_labels): {fast:.3f} s  [calls: {calls['fast']}]")
+    print(f"whole clustering / bare faiss search = {fast / bare:.2f} x")
+    for v, rs in runs.items():
+        r = rs[-1]
+        print(f"peak RSS {v:<6}: {max(x['peak_rss_mb'] for x in rs):8.0f} MB (after features: {r['base_rss_mb']:.0f} MB)"
               + (f"; clusters {r['clusters']}, outliers {r['outliers']}" if "clusters" in r else ""))
+    print(f"labels identical across the fast rounds: {stable}")
     if same is not None:
         print(f"labels fast vs naive: {'identical' if same == 0 else f'{same} differ'}")
 

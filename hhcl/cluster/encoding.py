@@ -13,7 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_BITMAP_BYTES = 32 * 2**20  # one dense [rows, n] int32 scratch block for set membership
+from hhcl.cluster.parallel import map_blocks, scratch_bytes, scratch_rows
+
+KEY32_MAX = 2**31 - 1  # pair keys i * n + j up to this are int32
+_QE_ROWS = 512  # rows per block of the query expansion
 _IN_R = 1 << 16  # flag: j is in R(i, l_full)
 PairValue = Callable[[Tensor, Tensor, Tensor], Tensor]  # (rows, cols, column in rank or -1) -> pair distance
 
@@ -39,6 +42,12 @@ def half_size(k1: int) -> int:
     return int(np.around(k1 / 2))
 
 
+def pair_keys(i: Tensor, j: Tensor, n: int) -> Tensor:
+    """i * n + j, as int32 when every key fits (N <= 46,340): int32 keys sort (radix) and search faster."""
+    key = i * n + j
+    return key.to(torch.int32) if n * n <= KEY32_MAX else key
+
+
 def lookup(sorted_keys: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
     """Position of each query in sorted_keys and whether it is there."""
     if sorted_keys.numel() == 0:
@@ -51,11 +60,15 @@ def reciprocal_masks(rank: Tensor, l_full: int, l_half: int) -> tuple[Tensor, Te
     """Masks over rank [n, c]: j = rank[i, t] is in R(i) for the slice length l (i in rank[j, :l], t < l)."""
     n, c = rank.shape
     rows = torch.arange(n, device=rank.device)[:, None]
-    fwd = (rows * n + rank).flatten()
-    sorted_fwd, order = fwd.sort()
-    pos, hit = lookup(sorted_fwd, (rank * n + rows).flatten())
-    back = torch.where(hit, order[pos] % c, c).view(n, c)  # where i sits in j's list
+    # (i, t) and its mirror entry (j, t') share the key min * n + max: sorted, mirrors are neighbours
+    key = pair_keys(torch.minimum(rows, rank), torch.maximum(rows, rank), n).flatten()
+    sorted_key, order = key.sort()
+    p = (sorted_key[1:] == sorted_key[:-1]).nonzero().flatten()  # each key occurs at most twice
+    a, b = order[p], order[p + 1]
     t = torch.arange(c, device=rank.device)
+    back = torch.full((n * c,), c, dtype=torch.int64, device=rank.device)  # where i sits in j's list
+    back[a], back[b] = b % c, a % c
+    back = torch.where(rank == rows, t, back.view(n, c))  # i in its own list: there
     return (t < l_full) & (back < l_full), (t < l_half) & (back < l_half)
 
 
@@ -73,18 +86,17 @@ def expanded_sets(rank: Tensor, l_full: int, l_half: int) -> tuple[Tensor, Tenso
     half_len = m_half.sum(dim=1).to(i32)
     rank_half = rank[:, :l_half].to(i32).contiguous()
     ok_half = m_half[:, :l_half].contiguous()
-    step = max(1, _BITMAP_BYTES // (4 * n))
-    code = torch.zeros(min(step, n) * n, dtype=i32, device=dev)  # t + 1 of j in rank[i], + _IN_R
-    owner = torch.empty_like(code)
+    step = scratch_rows(n)
     cols = torch.arange(1, c + 1, dtype=i32, device=dev)
-    keys, kpos = [], []
-    for r0 in range(0, n, step):
+
+    def block(bufs: list[Tensor], r0: int) -> tuple[Tensor, Tensor]:
+        code = bufs[0]  # a [rows, n] block: t + 1 of j in rank[i] (+ _IN_R), zeros again after
         r1 = min(n, r0 + step)
-        block = rank[r0:r1].to(i32)
+        lists = rank[r0:r1].to(i32)
         knn_keys = (torch.arange(r1 - r0, device=dev)[:, None] * n + rank[r0:r1]).flatten()
         code.index_copy_(0, knn_keys, cols.repeat(r1 - r0))
         ii, tt = m_full[r0:r1].nonzero(as_tuple=True)
-        cc = block[ii, tt]
+        cc = lists[ii, tt]
         base = ii.to(i32) * n
         r_keys = base + cc
         code.index_add_(0, r_keys, torch.full_like(r_keys, _IN_R))  # r_keys are unique
@@ -93,15 +105,15 @@ def expanded_sets(rank: Tensor, l_full: int, l_half: int) -> tuple[Tensor, Tenso
         h_keys = base[:, None] + half
         inside = code.index_select(0, h_keys.flatten()).view_as(h_keys) >= _IN_R
         sel = 3 * (inside & ok).sum(dim=1) > 2 * half_len.index_select(0, cc)  # == count > 2/3 |R(c)|, < 60
-        cand = torch.cat([r_keys, h_keys[sel][ok[sel]]])
-        ids = torch.arange(len(cand), dtype=i32, device=dev)
-        owner.index_copy_(0, cand.long(), ids)  # one of the duplicates wins; it alone reads its own id back
-        found = cand[owner.index_select(0, cand) == ids].sort().values
-        kpos.append((code.index_select(0, found) & (_IN_R - 1)) - 1)
+        new = h_keys[sel][(ok & ~inside)[sel]]  # the members not in R(i) already: a few, possibly repeated
+        found = torch.unique(torch.cat([r_keys, new]))  # sorted
+        kpos = (code.index_select(0, found) & (_IN_R - 1)) - 1
         code.index_fill_(0, knn_keys, 0)
-        keys.append(found.long() + r0 * n)
-    flat = torch.cat(keys)
-    return flat // n, flat % n, torch.cat(kpos).long()
+        row = torch.div(found, n, rounding_mode="floor")
+        return row.long() + r0, (found - row * n).long(), kpos.long()
+
+    parts = map_blocks(range(0, n, step), block, dev, [(i32, True)], scratch_bytes(n))
+    return tuple(torch.cat([p[x] for p in parts]) for x in range(3))  # type: ignore[return-value]
 
 
 def weight_rows(rows: Tensor, cols: Tensor, value: Tensor, n: int, *, softmax: bool) -> Csr:
@@ -132,26 +144,24 @@ def query_expansion(v: Csr, rank: Tensor, k2: int) -> Csr:
     k2 = min(k2, rank.shape[1])
     if k2 == 1:
         return v
-    step = max(1, _BITMAP_BYTES // (4 * n))
-    scratch = torch.empty(min(step, n) * n, dtype=i32, device=v.col.device)
+    step = max(1, min(n, _QE_ROWS, KEY32_MAX // n))  # local keys i * n + col stay int32
     col32, counts = v.col.to(i32), v.rowptr[1:] - v.rowptr[:-1]
-    keys, vals = [], []
-    for r0 in range(0, n, step):
+
+    def block(_: list[Tensor], r0: int) -> tuple[Tensor, Tensor, Tensor]:
         src = rank[r0 : r0 + step, :k2].flatten()  # source row of each (i, t), in (i, t) order
         owner, pos = expand_segments(v.rowptr[src], counts[src])
         key = torch.div(owner, k2, rounding_mode="floor") * n + col32.index_select(0, pos)
-        ids = torch.arange(len(key), dtype=i32, device=key.device)
-        scratch.index_copy_(0, key.long(), ids)
-        uniq = key[scratch.index_select(0, key) == ids].sort().values
-        scratch.index_copy_(0, uniq.long(), torch.arange(len(uniq), dtype=i32, device=key.device))
+        uniq, slot = torch.unique(key, return_inverse=True)  # sorted
         # index_add in (i, t) order: each sum runs over t as the reference's row-wise mean does
         total = torch.zeros(len(uniq), device=v.val.device)
-        vals.append(total.index_add_(0, scratch.index_select(0, key), v.val.index_select(0, pos)) / k2)
-        keys.append(uniq.long() + r0 * n)
-    flat = torch.cat(keys)
-    rowptr = torch.zeros(n + 1, dtype=torch.int64, device=flat.device)
-    rowptr[1:] = torch.bincount(flat // n, minlength=n).cumsum(0)
-    return Csr(rowptr=rowptr, col=flat % n, val=torch.cat(vals), n=n)
+        val = total.index_add_(0, slot, v.val.index_select(0, pos)) / k2
+        row = torch.div(uniq, n, rounding_mode="floor")
+        return (uniq - row * n).long(), val, torch.bincount(row, minlength=len(src) // k2)
+
+    parts = map_blocks(range(0, n, step), block, v.col.device)
+    rowptr = torch.zeros(n + 1, dtype=torch.int64, device=v.col.device)
+    rowptr[1:] = torch.cat([p[2] for p in parts]).cumsum(0)
+    return Csr(rowptr=rowptr, col=torch.cat([p[0] for p in parts]), val=torch.cat([p[1] for p in parts]), n=n)
 
 
 def encode(rank: Tensor, pair_value: PairValue, *, l_full: int, l_half: int, k2: int, softmax: bool) -> Csr:
@@ -165,14 +175,14 @@ def pair_lookup(index: Tensor, values: Tensor, compute: Callable[[Tensor, Tensor
     """Symmetric per-pair value from the kNN lists where known (forward via kpos, else the reverse list),
     computed by compute(rows, cols) for the pairs in neither list."""
     n = index.shape[0]
-    keys, order = (torch.arange(n, device=index.device)[:, None] * n + index).flatten().sort()
+    keys, order = pair_keys(torch.arange(n, device=index.device)[:, None], index, n).flatten().sort()
     flat = values.flatten()[order]
 
     def value(r: Tensor, c: Tensor, kpos: Tensor) -> Tensor:
         out = values[r, kpos.clamp_min(0)]
         miss = (kpos < 0).nonzero().flatten()
         if len(miss):
-            pos_t, hit_t = lookup(keys, c[miss] * n + r[miss])
+            pos_t, hit_t = lookup(keys, pair_keys(c[miss], r[miss], n))
             out[miss] = flat[pos_t]
             miss = miss[~hit_t]
             out[miss] = compute(r[miss], c[miss])

@@ -8,8 +8,10 @@ from torch import Tensor
 from hhcl.cluster.encoding import Csr, encode, half_size, pair_lookup
 from hhcl.cluster.knn import Neighbours, check_features, neighbours, sparse_threads
 from hhcl.cluster.overlap import overlap_dense, overlap_pairs
+from hhcl.cluster.parallel import map_blocks
 
-_PAIRS = 1024  # explicit inner products computed at once
+_PAIRS = 256  # explicit inner products computed at once on the CPU (two [_PAIRS, D] buffers: 4 MB at D = 2048)
+_PAIRS_CUDA = 1024
 
 
 def check_params(k1: int, k2: int) -> None:
@@ -20,24 +22,47 @@ def check_params(k1: int, k2: int) -> None:
 
 
 def inner_products(x: Tensor, r: Tensor, c: Tensor) -> Tensor:
-    """fp32 inner products <x_r, x_c> for explicit pairs, in slices through reused buffers (memory-bound)."""
+    """fp32 inner products <x_r, x_c> for explicit pairs, as torch.linalg.vecdot (x_r * x_c summed per row), in
+    slices through reused buffers small enough to stay in cache (memory-bound)."""
     out = torch.empty(len(r), device=x.device)
-    size = min(_PAIRS, len(r))
-    a, b = x.new_empty(size, x.shape[1]), x.new_empty(size, x.shape[1])
     r, c = r.to(torch.int32), c.to(torch.int32)
-    for s in range(0, len(r), _PAIRS):
-        k = min(_PAIRS, len(r) - s)
-        torch.index_select(x, 0, r[s : s + k], out=a[:k])
-        torch.index_select(x, 0, c[s : s + k], out=b[:k])
-        out[s : s + k] = torch.linalg.vecdot(a[:k], b[:k])
+    pairs = _PAIRS if x.device.type == "cpu" else _PAIRS_CUDA  # CUDA: the slices (so the sums) it always had
+    size = pairs * x.shape[1] * x.element_size()
+
+    def chunk(bufs: list[Tensor], s: int) -> None:
+        k = min(pairs, len(r) - s)
+        a, b = (t[: k * x.shape[1]].view(k, x.shape[1]) for t in bufs)
+        torch.index_select(x, 0, r[s : s + k], out=a)
+        torch.index_select(x, 0, c[s : s + k], out=b)
+        torch.sum(torch.mul(a, b, out=a), dim=1, out=out[s : s + k])
+
+    map_blocks(range(0, len(r), pairs), chunk, x.device, [(x.dtype, False)] * 2, size)
     return out
+
+
+def _slices(k1: int, k2: int, c: int) -> tuple[int, int, int]:
+    """(l_full, l_half, k2) on lists of c = min(k1, N) columns, self included: the reference's "k1 + 1" slice is
+    all of them."""
+    return min(k1 + 1, c), min(half_size(k1) + 1, c), min(k2, c)
+
+
+def order_cuts(k1: int, k2: int, n: int) -> list[int]:
+    """The list lengths whose neighbour sets the encoding reads (`neighbours(cuts=...)`): both slices, and every
+    length up to k2, whose rows are averaged in rank order."""
+    l_full, l_half, top = _slices(k1, k2, min(k1, n))
+    return sorted({l_full, l_half, *range(1, top + 1)})
 
 
 def reciprocal_encoding(x: Tensor, nb: Neighbours, k1: int, k2: int) -> Csr:
     """V_qe of the reference: weights softmax(-(2 - 2<f_i, f_j>)) over E(i), mean over the top-k2 rows."""
-    c = nb.index.shape[1]  # min(k1, N) columns, self included: the reference's "k1 + 1" slice is these
-    dist = pair_lookup(nb.index, 2.0 - 2.0 * nb.dot, lambda r, col: 2.0 - 2.0 * inner_products(x, r, col))
-    return encode(nb.index, dist, l_full=min(k1 + 1, c), l_half=min(half_size(k1) + 1, c), k2=k2, softmax=True)
+    l_full, l_half, top = _slices(k1, k2, nb.index.shape[1])
+    # every weight from one fp32 routine, never from the kNN search's own arithmetic (faiss's sgemm, torch's addmm):
+    # the labels then do not depend on the kNN backend, the faiss version or its BLAS (issue 16: the demo drifted)
+    n, k = nb.index.shape
+    rows = torch.arange(n, device=x.device).repeat_interleave(k)
+    known = (2.0 - 2.0 * inner_products(x, rows, nb.index.flatten())).view(n, k)
+    dist = pair_lookup(nb.index, known, lambda r, col: 2.0 - 2.0 * inner_products(x, r, col))
+    return encode(nb.index, dist, l_full=l_full, l_half=l_half, k2=top, softmax=True)
 
 
 def to_distance(m: Tensor) -> Tensor:

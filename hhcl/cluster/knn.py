@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 from torch import Tensor
+
+from hhcl.cluster.parallel import block_workers, outer_threads
 
 T = TypeVar("T")
 BACKENDS = ("auto", "torch", "faiss")
@@ -21,6 +23,7 @@ _CHUNK_BYTES = 96 * 2**20  # one [rows, N] float32 block of the distance matrix
 _PAD = 8  # extra columns fetched so ties at the k-th position can be seen
 _SPARSE_THREADS = 1
 _TOL = 2e-5  # relative gap under which two fp32 distances are treated as a possible tie
+_NORM_BYTES = 2**20  # row slices of the norms and of the float64 re-ranking
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,30 @@ def ieee_fp32(device: torch.device) -> Iterator[None]:
 
 @contextlib.contextmanager
 def sparse_threads(device: torch.device) -> Iterator[None]:
-    """Run the sparse stages on one CPU thread: they are hundreds of short memory-bound ops, and on a shared
-    2-core machine OpenMP barriers made them 5-15x slower with 2 threads (see benchmarks/RESULTS.md)."""
+    """Run many short ops (the sparse stages, the kNN's bookkeeping) on one CPU thread each, blocks of them on
+    `parallel` worker threads: with OpenMP inside every op, a shared 2-core machine made them 5-15x slower (a
+    descheduled thread stalls every barrier; see benchmarks/RESULTS.md)."""
     if device.type != "cpu" or torch.get_num_threads() <= _SPARSE_THREADS:
         yield
         return
     old = torch.get_num_threads()
     torch.set_num_threads(_SPARSE_THREADS)
+    try:
+        with block_workers(old):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def matmul_threads(device: torch.device) -> Iterator[None]:
+    """Inside `sparse_threads`: the intra-op threads it took away, back for a large matmul."""
+    count = outer_threads()
+    if device.type != "cpu" or count is None or count == torch.get_num_threads():
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
         yield
     finally:
@@ -70,13 +90,16 @@ def check_features(features: Tensor, name: str = "features") -> Tensor:
         raise ValueError(f"{name} is empty (shape {tuple(features.shape)}): nothing to cluster")
     if not features.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {features.dtype}")
-    bad = ~torch.isfinite(features).all(dim=1)
-    if bool(bad.any()):
-        rows = bad.nonzero().flatten()[:5].tolist()
-        raise ValueError(
-            f"{name} contain NaN or Inf in {int(bad.sum())} row(s) (first: {rows}); "
-            "the model produced non-finite embeddings, check the checkpoint / learning rate"
-        )
+    # a NaN or Inf makes its row's sum non-finite: one read of the features, no [N, D] temporary; only when a sum
+    # is not finite (that, or an overflow) are the entries themselves checked
+    if not bool(torch.isfinite(features.detach().sum(dim=1)).all()):
+        bad = ~torch.isfinite(features).all(dim=1)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten()[:5].tolist()
+            raise ValueError(
+                f"{name} contain NaN or Inf in {int(bad.sum())} row(s) (first: {rows}); "
+                "the model produced non-finite embeddings, check the checkpoint / learning rate"
+            )
     return features.detach().to(torch.float32).contiguous()
 
 
@@ -110,31 +133,50 @@ def knn(features: Tensor, k: int, *, backend: str = "auto") -> tuple[Tensor, Ten
     return nb.dist, nb.index
 
 
-def neighbours(x: Tensor, k: int, *, backend: str = "auto") -> Neighbours:
-    """Exact kNN of checked float32 rows x, with the fp32 inner products kept for the Jaccard weights."""
+def neighbours(x: Tensor, k: int, *, backend: str = "auto", cuts: Iterable[int] | None = None) -> Neighbours:
+    """Exact kNN of checked float32 rows x, with the fp32 inner products kept for the Jaccard weights.
+
+    cuts: the list lengths p whose neighbour sets must be exact (the first p columns hold the p nearest). None:
+    the whole order is exact (ties by index). With cuts, near-ties inside a span between two cuts may stay in
+    fp32 order: the k-reciprocal encoding only reads the sets at its slice lengths and the order of the first k2
+    columns, so it passes exactly those (`jaccard.order_cuts`). The k nearest as a set are always exact.
+    """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     n = x.shape[0]
     k = min(k, n)
     kf = min(n, k + _PAD)
-    if resolve_backend(backend, x.device) == "faiss":
-        key, idx = _faiss_candidates(x, kf)
-    else:
-        key, idx = _torch_candidates(x, kf, torch.arange(n, device=x.device))
-    return _canonical(x, key, idx, k)
+    cuts = None if cuts is None else sorted({p for p in cuts if 0 < p < k} | {k})
+    with sparse_threads(x.device):  # short ops on one thread; the torch matmul gets the threads back, faiss has its own
+        yy = _norms(x)
+        if resolve_backend(backend, x.device) == "faiss":
+            key, idx = _faiss_candidates(x, kf, yy)
+        else:
+            key, idx = _torch_candidates(x, kf, torch.arange(n, device=x.device), yy)
+        return _canonical(x, key, idx, k, yy, cuts)
 
 
 def _norms(x: Tensor) -> Tensor:
-    return (x * x).sum(dim=1)
+    """||x_i||^2 as (x * x).sum(dim=1); on the CPU in row slices (the same per-row sums) with no [N, D] temporary:
+    a fresh 100 MB tensor costs more in page faults than the multiply."""
+    if x.device.type != "cpu":
+        return (x * x).sum(dim=1)
+    out = torch.empty(x.shape[0], dtype=x.dtype)
+    step = max(1, _NORM_BYTES // (4 * x.shape[1]))
+    tmp = x.new_empty(min(step, x.shape[0]), x.shape[1])
+    for r in range(0, x.shape[0], step):
+        rows = x[r : r + step]
+        torch.mul(rows, rows, out=tmp[: len(rows)])
+        torch.sum(tmp[: len(rows)], dim=1, out=out[r : r + step])
+    return out
 
 
-def _torch_candidates(x: Tensor, kf: int, rows: Tensor) -> tuple[Tensor, Tensor]:
+def _torch_candidates(x: Tensor, kf: int, rows: Tensor, yy: Tensor) -> tuple[Tensor, Tensor]:
     """Top-kf of ||y||^2 - 2<x, y> (the row-constant ||x||^2 does not change the order) for the given rows."""
     n = x.shape[0]
-    yy = _norms(x)
     step = max(1, min(len(rows), _CHUNK_BYTES // (4 * n)))
     keys, idxs = [], []
-    with ieee_fp32(x.device):
+    with matmul_threads(x.device), ieee_fp32(x.device):
         for r in range(0, len(rows), step):
             block = torch.addmm(yy, x[rows[r : r + step]], x.T, beta=1.0, alpha=-2.0)
             v, i = block.topk(kf, dim=1, largest=False, sorted=True)
@@ -143,7 +185,7 @@ def _torch_candidates(x: Tensor, kf: int, rows: Tensor) -> tuple[Tensor, Tensor]
     return torch.cat(keys), torch.cat(idxs)
 
 
-def _faiss_candidates(x: Tensor, kf: int) -> tuple[Tensor, Tensor]:
+def _faiss_candidates(x: Tensor, kf: int, yy: Tensor) -> tuple[Tensor, Tensor]:
     """faiss exact L2 search (GPU when the features are on CUDA and faiss-gpu is present), as ||y||^2 - 2<x,y>."""
     import faiss
 
@@ -153,50 +195,79 @@ def _faiss_candidates(x: Tensor, kf: int) -> tuple[Tensor, Tensor]:
         d, i = faiss.knn_gpu(res, xn, xn, kf, metric=faiss.METRIC_L2)
     else:
         d, i = faiss.knn(xn, xn, kf, metric=faiss.METRIC_L2)
-    key = torch.from_numpy(d).to(x.device) - _norms(x)[:, None]
+    key = torch.from_numpy(d).to(x.device) - yy[:, None]
     return key, torch.from_numpy(i).to(x.device)
 
 
-def _canonical(x: Tensor, key: Tensor, idx: Tensor, k: int) -> Neighbours:
-    """First k columns in exact order: rows with a near-tie among the first k+1 are re-sorted in float64."""
+def _canonical(x: Tensor, key: Tensor, idx: Tensor, k: int, yy: Tensor, cuts: list[int] | None = None) -> Neighbours:
+    """First k columns in exact order (or exact sets at the given cuts, see `neighbours`).
+
+    A tie chain is a run of columns whose successive fp32 keys lie within tol of each other. fp32 noise (well
+    under tol / 2) can only permute the members of a chain, never move one past a gap wider than tol, so sorting
+    every candidate of a row by its float64 distance gives the fp32 order with each chain sorted in place. Only the
+    members of the chains that matter get a float64 distance (a few per row with a near-tie, instead of all
+    candidates of those rows): all chains with a column among the first k, or with cuts the chains that straddle
+    a cut. They are ordered by it and then by index, each chain keeping its place. Their distances are the
+    float64 ones; every other distance is the fp32 key + ||x||^2.
+    """
     n = x.shape[0]
-    yy = _norms(x)
     tol = _TOL * float(yy.max().clamp_min(1.0))
     while True:
         lim = min(k + 1, key.shape[1])
-        near = ((key[:, 1:lim] - key[:, : lim - 1]) <= tol).any(dim=1)
+        tie = (key[:, 1:] - key[:, :-1]) <= tol  # tie[:, c]: columns c and c + 1 may be in either order
+        near = tie[:, : lim - 1].any(dim=1)
         more = near & (key[:, -1] - key[:, k - 1] <= tol) if key.shape[1] < n else near & False
         if not bool(more.any()):  # a tie group may run past the fetched columns: fetch more for those rows
             break
         kf = min(n, 2 * key.shape[1])
         sub = more.nonzero().flatten()
-        k2, i2 = _torch_candidates(x, kf, sub)
+        k2, i2 = _torch_candidates(x, kf, sub, yy)
         key = torch.cat([key, key.new_full((n, kf - key.shape[1]), float("inf"))], dim=1)
         idx = torch.cat([idx, idx.new_zeros((n, kf - idx.shape[1]))], dim=1)
         key[sub], idx[sub] = k2, i2
     perm = torch.arange(k, device=x.device).expand(n, k).clone()
     dist = key[:, :k] + yy[:, None]
+    if cuts is not None:  # only rows where a chain straddles a cut
+        near = torch.zeros_like(near)
+        for p in cuts:
+            if p < key.shape[1]:
+                near |= tie[:, p - 1]
     sub = near.nonzero().flatten()
     if len(sub):
-        cand, valid = idx[sub], torch.isfinite(key[sub])
-        exact = _exact_sq_dist(x, sub, cand).masked_fill(~valid, float("inf"))
-        order = torch.sort(cand.masked_fill(~valid, n), dim=1, stable=True).indices  # index order first
-        order = order.gather(1, torch.sort(exact.gather(1, order), dim=1, stable=True).indices)[:, :k]
+        t, cand = tie[sub], idx[sub]
+        chain = torch.cat([t.new_zeros(len(sub), 1, dtype=torch.int64), (~t).long().cumsum(1)], dim=1)
+        member = torch.zeros_like(cand, dtype=torch.bool)
+        member[:, 1:] |= t
+        member[:, :-1] |= t
+        if cuts is None:
+            member &= chain <= chain[:, k - 1 : k]  # chains with a column among the first k
+        else:
+            straddle = torch.zeros_like(member)
+            for p in cuts:
+                if p < key.shape[1]:
+                    straddle |= (chain == chain[:, p - 1 : p]) & t[:, p - 1 : p]
+            member &= straddle
+        r, c = member.nonzero(as_tuple=True)
+        # sort key inside a chain: the float64 distance for members, the column (fp32 order) for the others
+        exact = torch.arange(cand.shape[1], dtype=torch.float64, device=x.device).expand(cand.shape).clone()
+        exact[r, c] = _exact_sq_dist(x, sub[r], cand[r, c])
+        order = torch.sort(cand, dim=1, stable=True).indices  # index order first, then distance, then chain
+        order = order.gather(1, torch.sort(exact.gather(1, order), dim=1, stable=True).indices)
+        order = order.gather(1, torch.sort(chain.gather(1, order), dim=1, stable=True).indices)[:, :k]
         perm[sub] = order
-        dist[sub] = exact.gather(1, order).to(torch.float32)
+        fp32 = key[sub].gather(1, order) + yy[sub, None]
+        dist[sub] = torch.where(member.gather(1, order), exact.gather(1, order).to(torch.float32), fp32)
     index = idx.gather(1, perm)
     dot = (yy[index] - key.gather(1, perm)) * 0.5
     return Neighbours(dist=dist.clamp_min(0.0), index=index, dot=dot)
 
 
-def _exact_sq_dist(x: Tensor, rows: Tensor, cand: Tensor) -> Tensor:
-    """float64 sum of squared differences ||x_i - x_j||^2 for each row i and its candidates j."""
-    out = torch.empty(cand.shape, dtype=torch.float64, device=x.device)
-    step = max(1, (32 * 2**20) // (8 * x.shape[1] * cand.shape[1]))
-    for r in range(0, len(rows), step):
-        a = x[rows[r : r + step]].double()[:, None, :]
-        b = x[cand[r : r + step]].double()
-        out[r : r + step] = (a - b).pow(2).sum(dim=-1)
+def _exact_sq_dist(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """float64 sum of squared differences ||x_i - x_j||^2 for the pairs (rows[p], cols[p])."""
+    out = torch.empty(len(rows), dtype=torch.float64, device=x.device)
+    step = max(1, _NORM_BYTES // (8 * x.shape[1]))  # small slices: the float64 temporaries stay in cache
+    for s in range(0, len(rows), step):
+        out[s : s + step] = (x[rows[s : s + step]].double() - x[cols[s : s + step]].double()).pow(2).sum(dim=-1)
     return out
 
 

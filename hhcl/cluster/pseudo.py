@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from hhcl.cluster.dbscan import dbscan_graph
-from hhcl.cluster.jaccard import check_params, jaccard_pairs
+from hhcl.cluster.jaccard import check_params, jaccard_pairs, order_cuts
 from hhcl.cluster.knn import check_features, neighbours, resolve_backend, sparse_threads, timed
 
 
@@ -44,15 +44,19 @@ def pseudo_labels(
         raise ValueError(f"cluster.eps must be in (0, 1) (Jaccard distances lie in [0, 1]), got {eps!r}")
     if not isinstance(min_samples, int) or min_samples < 1:
         raise ValueError(f"cluster.min_samples must be a positive integer, got {min_samples!r}")
-    x = check_features(features)
-    resolve_backend(knn_backend, x.device)
-    n, dev = x.shape[0], x.device
-    nb, t_knn = timed(lambda: neighbours(x, k1, backend=knn_backend), dev)
-    with sparse_threads(dev):
+    device = features.device if isinstance(features, Tensor) else torch.device("cpu")
+    resolve_backend(knn_backend, device)
+    # one CPU thread per op throughout (hundreds of short ops), blocks on worker threads; only a torch kNN matmul
+    # takes the threads back, and faiss runs its own (no switch: under load one costs ~10 ms)
+    with sparse_threads(device):
+        x = check_features(features)
+        n, dev = x.shape[0], x.device
+        cuts = order_cuts(k1, k2, n)  # the encoding reads only these sets of the lists: no other tie needs float64
+        nb, t_knn = timed(lambda: neighbours(x, k1, backend=knn_backend, cuts=cuts), dev)
         (i, j, _), t_jac = timed(lambda: jaccard_pairs(x, nb, k1=k1, k2=k2, eps=float(eps)), dev)
         labels, t_db = timed(lambda: dbscan_graph(n, i, j, min_samples=min_samples), dev)
-    sizes = torch.bincount(labels[labels >= 0], minlength=0)
-    n_out = int((labels < 0).sum())
+        sizes = torch.bincount(labels[labels >= 0], minlength=0)
+        n_out = int((labels < 0).sum())
     return PseudoLabels(
         labels=labels.to(features.device),
         n_clusters=int(sizes.numel()),
