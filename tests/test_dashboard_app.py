@@ -102,21 +102,26 @@ async def test_waits_for_a_log_that_does_not_exist_yet(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 async def test_quit_asks_about_a_live_training_process(tmp_path: Path) -> None:
     run_dir = write_tiny_log(tmp_path / "run")
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
+        assert process.stdout.readline() == "ready\n"  # the child is up (a SIGINT during start-up can be lost)
         app = DashboardApp(run_dir, process=process, clock=lambda: NOW)
         async with app.run_test(size=(100, 32)) as pilot:
             await pilot.press("q")
+            await pilot.pause()  # a loaded machine: let the screen be pushed before looking at it
             assert isinstance(app.screen, QuitScreen)
             await pilot.click("#cancel")
+            await pilot.pause()
             assert not isinstance(app.screen, QuitScreen) and app.is_running
             await pilot.press("q")
+            await pilot.pause()
             await pilot.click("#leave")
         assert app.return_value == LEAVE and process.poll() is None
         app = DashboardApp(run_dir, process=process, clock=lambda: NOW)
         async with app.run_test(size=(100, 32)) as pilot:
             await pilot.press("q")
+            await pilot.pause()
             await pilot.click("#stop")
         assert app.return_value == STOP
     finally:
