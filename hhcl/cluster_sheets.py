@@ -51,6 +51,18 @@ def _open(path: str) -> Image.Image:
         raise ValueError(f"cannot read image '{path}' for the contact sheet ({err}); restore or replace the file") from None
 
 
+def camera_label(name: str, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> str:
+    """The camera name drawn under an image ``width`` pixels wide: whole when it fits, else its last word (the
+    number of ``cam 2``, never cut: a cut number would name another camera; other words are cut to fit). Tiny
+    crops (CAVIAR4REID's are 16-75 px wide) would otherwise all read ``cam``, hiding each image's camera."""
+    if font.getlength(name) <= width:
+        return name
+    short = name.split()[-1] if name.split() else name
+    while len(short) > 1 and not short.isdigit() and font.getlength(short) > width:
+        short = short[:-1]
+    return short
+
+
 def _row(caption: str, paths: Sequence[str], cams: Sequence[str], camids: Sequence[int]) -> Image.Image:
     """A caption, then the images at their own resolution, each with a camera bar and name under it."""
     font = _font()
@@ -66,7 +78,7 @@ def _row(caption: str, paths: Sequence[str], cams: Sequence[str], camids: Sequen
         colour = CAMERA_COLOURS[camid % len(CAMERA_COLOURS)]
         row.paste(im, (x, GAP))
         draw.rectangle((x, GAP + im.height, x + im.width - 1, GAP + im.height + 3), fill=colour)
-        draw.text((x, GAP + im.height + 5), cam[: max(1, im.width // 6)], fill=colour, font=font)
+        draw.text((x, GAP + im.height + 5), camera_label(cam, im.width, font), fill=colour, font=font)
         x += im.width + GAP
     return row
 

@@ -80,3 +80,16 @@ def test_clusters_command_errors_name_what_exists(run_dir, tmp_path):
     assert result.exit_code == 2 and "not a run directory" in result.output
     result = runner.invoke(app, ["clusters", str(run_dir), "--out", str(tmp_path / "z"), "--root", str(tmp_path)])
     assert result.exit_code == 2 and "pass --root" in result.output
+
+
+def test_camera_label_under_a_tiny_crop_keeps_the_camera_number():
+    """Under an image narrower than its camera's name, the sheet shows the number (``2``), not ``cam`` (which
+    every camera would read under CAVIAR4REID's 16-30 px wide crops); a number is never cut into another one."""
+    from hhcl.cluster_sheets import _font, camera_label
+
+    font = _font()
+    assert camera_label("cam 2", 200, font) == "cam 2"
+    assert camera_label("cam 2", 18, font) == "2"
+    assert camera_label("cam 12", 4, font) == "12"
+    short = camera_label("entrance", 20, font)
+    assert "entrance".startswith(short) and font.getlength(short) <= 20

@@ -92,7 +92,10 @@ def resolve_pretrained(setting: str, *, arch: str, pooling: str, num_features: i
         origin.append(f"trained on {config.data.dataset}")
     for key, label in (("run", "run"), ("epoch", "epoch"), ("mAP", "mAP"), ("best_mAP", "best mAP")):
         if key in metadata:
-            origin.append(f"{label} {metadata[key]}")
+            if "mAP" in key and _as_float(metadata[key]) <= 0.0:  # a run that was never evaluated stores 0
+                origin.append(f"{label} not measured")
+            else:
+                origin.append(f"{label} {metadata[key]}")
     detail = f" ({', '.join(origin)})" if origin else ""
     return Pretrained(
         setting,
@@ -101,3 +104,10 @@ def resolve_pretrained(setting: str, *, arch: str, pooling: str, num_features: i
         f"model.pretrained = {setting}: the {arch} re-ID model {path.absolute()}{detail}; its backbone and feature "
         "head are loaded, the memory is built from this data's clusters",
     )
+
+
+def _as_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
