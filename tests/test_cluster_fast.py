@@ -211,3 +211,32 @@ def test_threads_during_pseudo_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen == [2] and torch.get_num_threads() == 2
     assert torch.equal(pseudo_labels(x, eps=0.6, knn_backend="torch").labels, res.labels)
     assert seen == [2, 2]
+    faiss = pytest.importorskip("faiss")
+    real_knn, threads = faiss.knn, []
+
+    def knn_spy(*args, **kwargs):  # faiss's OpenMP is the process's: it must get the threads back too
+        threads.append(faiss.omp_get_max_threads())
+        return real_knn(*args, **kwargs)
+
+    monkeypatch.setattr(faiss, "knn", knn_spy)
+    assert torch.equal(pseudo_labels(x, eps=0.6, knn_backend="faiss").labels, res.labels)
+    assert threads == [2] and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize(("n", "block", "dup"), [(300, 64, 0.0), (333, 50, 0.2), (200, 190, 0.1), (129, 64, 0.3)])
+def test_symmetric_knn_gives_the_exact_lists(n: int, block: int, dup: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU torch search computes each Gram block once for both sides; the lists are those of a full search
+    and of the float64 reference (blocks of every size, a last block merged into the one before it, ties)."""
+    monkeypatch.setattr(knn_module, "_SYM_BLOCK", block)
+    x = naive.clustered_features(n, 24, dup=dup, seed=n)
+    yy = knn_module._norms(x)
+    kf = 38
+    sym = knn_module._symmetric_candidates(x, kf, yy)
+    full = knn_module._torch_candidates(x, kf, torch.arange(n), yy)
+    assert torch.allclose(sym[0], full[0], atol=1e-6)  # the same kf smallest keys (ties may swap indices)
+    want = naive.exact_rank(x, 30)
+    assert np.array_equal(neighbours(x, 30, backend="torch").index.numpy(), want)
+    order = torch.sort(x[:, 0]).indices  # rows far from their own block's: loose bounds, still exact
+    assert np.array_equal(neighbours(x[order], 30, backend="torch").index.numpy(), naive.exact_rank(x[order], 30))
+    with sparse_threads(x.device):  # blocks on the worker threads: the same lists
+        assert np.array_equal(neighbours(x, 30, backend="torch").index.numpy(), want)

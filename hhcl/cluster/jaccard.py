@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hhcl.cluster.encoding import Csr, encode, half_size, pair_lookup
+from hhcl.cluster.encoding import Csr, encode, half_size, pair_keys
 from hhcl.cluster.knn import Neighbours, check_features, neighbours, sparse_threads
 from hhcl.cluster.overlap import overlap_dense, overlap_pairs
 from hhcl.cluster.parallel import map_blocks
@@ -58,11 +58,18 @@ def reciprocal_encoding(x: Tensor, nb: Neighbours, k1: int, k2: int) -> Csr:
     l_full, l_half, top = _slices(k1, k2, nb.index.shape[1])
     # every weight from one fp32 routine, never from the kNN search's own arithmetic (faiss's sgemm, torch's addmm):
     # the labels then do not depend on the kNN backend, the faiss version or its BLAS (issue 16: the demo drifted)
-    n, k = nb.index.shape
-    rows = torch.arange(n, device=x.device).repeat_interleave(k)
-    known = (2.0 - 2.0 * inner_products(x, rows, nb.index.flatten())).view(n, k)
-    dist = pair_lookup(nb.index, known, lambda r, col: 2.0 - 2.0 * inner_products(x, r, col))
+    dist = lambda r, col, kpos: 2.0 - 2.0 * pair_inner_products(x, r, col)  # noqa: E731
     return encode(nb.index, dist, l_full=l_full, l_half=l_half, k2=top, softmax=True)
+
+
+def pair_inner_products(x: Tensor, r: Tensor, c: Tensor) -> Tensor:
+    """inner_products(x, r, c), each unordered pair computed once: <x_i, x_j> and <x_j, x_i> are the same products
+    summed the same way, so the same bits (the expanded sets hold most pairs both ways round)."""
+    n = x.shape[0]
+    key, slot = torch.unique(pair_keys(torch.minimum(r, c), torch.maximum(r, c), n), return_inverse=True)
+    key = key.long()
+    i = torch.div(key, n, rounding_mode="floor")
+    return inner_products(x, i, key - i * n)[slot]
 
 
 def to_distance(m: Tensor) -> Tensor:

@@ -1,7 +1,10 @@
-"""Exact k-nearest neighbours by squared Euclidean distance: chunked fp32 matmul + top-k (torch) or faiss.
+"""Exact k-nearest neighbours by squared Euclidean distance: fp32 matmuls + top-k (torch) or faiss.
 
+torch on the CPU computes each block of the Gram matrix once for both its rows and its columns (half the flops
+of a full search, `_symmetric_candidates`); on CUDA it is a chunked full matmul + top-k.
 Order is canonical: near-ties (within float noise) are re-ranked by the float64 distance of the differences
-and then by index, so duplicates sort by index and the lists do not depend on the backend or chunking.
+and then by index, so duplicates sort by index and the lists do not depend on the backend or chunking. With
+`cuts` (the clustering) only the ties that decide a set the k-reciprocal encoding reads are re-ranked.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from hhcl.cluster.parallel import block_workers, outer_threads
+from hhcl.cluster.parallel import block_workers, map_blocks, outer_threads
 
 T = TypeVar("T")
 BACKENDS = ("auto", "torch", "faiss")
@@ -24,6 +27,7 @@ _PAD = 8  # extra columns fetched so ties at the k-th position can be seen
 _SPARSE_THREADS = 1
 _TOL = 2e-5  # relative gap under which two fp32 distances are treated as a possible tie
 _NORM_BYTES = 2**20  # row slices of the norms and of the float64 re-ranking
+_SYM_BLOCK = 1024  # rows per block of the symmetric kNN: one [1024, 1024] float32 block of the Gram matrix, 4 MB
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,9 @@ def check_features(features: Tensor, name: str = "features") -> Tensor:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> torch on CUDA; on the CPU faiss when importable (4.8 s vs 5.9 s for torch at N=12,936 on two
-    idle cores, benchmarks/RESULTS.md), else torch."""
+    """'auto' -> torch: on the CPU its symmetric search does half a full search's flops (faster than faiss's full
+    one, benchmarks/RESULTS.md, "Clustering"), on CUDA a chunked matmul. The lists, so the labels, are the same
+    with either backend."""
     if backend not in BACKENDS:
         raise ValueError(f"cluster.knn_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "faiss":
@@ -116,15 +121,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                 "cluster.knn_backend = 'faiss' but faiss is not importable; install faiss-cpu / faiss-gpu "
                 "or set cluster.knn_backend = 'torch'"
             ) from exc
-    if backend != "auto":
-        return backend
-    if device.type != "cpu":
-        return "torch"
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "faiss"
+    return "torch" if backend == "auto" else backend
 
 
 def knn(features: Tensor, k: int, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
@@ -151,6 +148,8 @@ def neighbours(x: Tensor, k: int, *, backend: str = "auto", cuts: Iterable[int] 
         yy = _norms(x)
         if resolve_backend(backend, x.device) == "faiss":
             key, idx = _faiss_candidates(x, kf, yy)
+        elif x.device.type == "cpu" and n > _SYM_BLOCK:
+            key, idx = _symmetric_candidates(x, kf, yy)
         else:
             key, idx = _torch_candidates(x, kf, torch.arange(n, device=x.device), yy)
         return _canonical(x, key, idx, k, yy, cuts)
@@ -185,6 +184,69 @@ def _torch_candidates(x: Tensor, kf: int, rows: Tensor, yy: Tensor) -> tuple[Ten
     return torch.cat(keys), torch.cat(idxs)
 
 
+def _symmetric_candidates(x: Tensor, kf: int, yy: Tensor) -> tuple[Tensor, Tensor]:
+    """Top-kf of ||y||^2 - 2<x, y> for every row (CPU), each block of the Gram matrix computed once for both sides.
+
+    Blocks of _SYM_BLOCK rows. A diagonal block gives each of its rows its kf nearest within the block, so tau_i,
+    the largest of them, bounds the row's final kf-th key from above. Each off-diagonal block x_I x_J^T (I < J) is
+    then read both ways: keys of rows I against columns J, and (the same products) of rows J against columns I;
+    only entries <= the row's tau are kept. Blocks go by their distance J - I; after distances 1, 2, 4, 8, ...
+    each row keeps its kf smallest so far, whose largest is its new, tighter tau. Half the flops of a full
+    search, exact in fp32 like it (ties at the kf-th place are `_canonical`'s). The blocks of one stretch of
+    distances are independent: they run on the `parallel` workers, each matmul single-threaded (no OpenMP
+    barriers, which a shared machine stalls).
+    """
+    n = x.shape[0]
+    starts = list(range(0, n, _SYM_BLOCK))
+    if len(starts) > 1 and n - starts[-1] < kf:  # every block has at least kf columns
+        starts.pop()
+    bounds = list(zip(starts, starts[1:] + [n], strict=True))
+    span = torch.arange(kf, device=x.device)
+
+    def diagonal(_: list[Tensor], rows: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        a, b = rows
+        v, i = torch.addmm(yy[a:b], x[a:b], x[a:b].T, beta=1.0, alpha=-2.0).topk(kf, dim=1, largest=False)
+        return v.flatten(), (i + a).flatten(), torch.arange(a, b, device=x.device).repeat_interleave(kf)
+
+    def off_diagonal(_: list[Tensor], pair: tuple[tuple[int, int], tuple[int, int]]) -> tuple[Tensor, ...]:
+        (a, b), (c, d) = pair
+        block = torch.addmm(yy[c:d], x[a:b], x[c:d].T, beta=1.0, alpha=-2.0)  # rows a:b, columns c:d
+        # read the other way, block[i, j] + yy_i - yy_j is row j's key for column i: one pass keeps both
+        # (for rows j, a threshold that covers every i of the block, refined on what was kept)
+        wide = tau[c:d] + (yy[c:d] - yy[a:b].min()) + 1e-6 * float(yy[c:d].max().clamp_min(1.0))
+        at = ((block <= tau[a:b, None]) | (block <= wide[None, :])).view(-1).nonzero().view(-1)
+        r = torch.div(at, d - c, rounding_mode="floor") + a
+        q = at - (r - a) * (d - c) + c
+        key_i = block.view(-1).index_select(0, at)  # row r, column q
+        key_j = (key_i + yy.index_select(0, r)) - yy.index_select(0, q)  # row q, column r
+        own, other = key_i <= tau.index_select(0, r), key_j <= tau.index_select(0, q)
+        return key_i[own], q[own], r[own], key_j[other], r[other], q[other]
+
+    def best(parts: list[tuple[Tensor, ...]]) -> tuple[Tensor, Tensor]:
+        """Each row's kf smallest keys among (key, column, row) triples: [n, kf] keys and columns, ascending."""
+        key, col, row = (torch.cat([p[x] for p in parts for x in range(s, len(p), 3)]) for s in range(3))
+        bits = key.view(torch.int32)
+        bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # a float's bits, negatives flipped, order like its value
+        order = torch.sort(row * 2**32 + (bits.to(torch.int64) + 2**31)).indices
+        start = torch.zeros(n, dtype=torch.int64, device=x.device)
+        start[1:] = torch.bincount(row, minlength=n).cumsum(0)[:-1]
+        take = order[start[:, None] + span]
+        return key[take], col[take]
+
+    parts = map_blocks(bounds, diagonal, x.device)
+    tau = torch.cat([p[0].view(-1, kf)[:, -1] for p in parts])
+    done = 0
+    while done < len(bounds) - 1:  # distances 1, 2, 3-4, 5-8, ...: tighter bounds after each stretch
+        top = min(max(1, 2 * done), len(bounds) - 1)
+        pairs = [(u, v) for t in range(done + 1, top + 1) for u, v in zip(bounds, bounds[t:], strict=False)]
+        parts += map_blocks(pairs, off_diagonal, x.device)
+        key, col = best(parts)
+        tau = key[:, -1].contiguous()
+        parts = [(key.flatten(), col.flatten(), torch.arange(n, device=x.device).repeat_interleave(kf))]
+        done = top
+    return best(parts)
+
+
 def _faiss_candidates(x: Tensor, kf: int, yy: Tensor) -> tuple[Tensor, Tensor]:
     """faiss exact L2 search (GPU when the features are on CUDA and faiss-gpu is present), as ||y||^2 - 2<x,y>."""
     import faiss
@@ -194,7 +256,8 @@ def _faiss_candidates(x: Tensor, kf: int, yy: Tensor) -> tuple[Tensor, Tensor]:
         res = faiss.StandardGpuResources()
         d, i = faiss.knn_gpu(res, xn, xn, kf, metric=faiss.METRIC_L2)
     else:
-        d, i = faiss.knn(xn, xn, kf, metric=faiss.METRIC_L2)
+        with matmul_threads(x.device):  # faiss's OpenMP is torch's (one libgomp in the process): its threads back
+            d, i = faiss.knn(xn, xn, kf, metric=faiss.METRIC_L2)
     key = torch.from_numpy(d).to(x.device) - yy[:, None]
     return key, torch.from_numpy(i).to(x.device)
 
