@@ -1,4 +1,4 @@
-"""Block loops of the sparse stages: worker threads and reused scratch buffers.
+"""Block loops of the sparse stages and of the CPU kNN: worker threads and reused scratch buffers.
 
 Workers: the sparse stages are hundreds of short memory-bound ops. OpenMP inside each op (intra-op threads) pays
 a barrier per op, and on a shared machine a descheduled thread stalls every barrier (5-15x slower measured, see
@@ -31,7 +31,7 @@ SCRATCH_BYTES = 16 * 2**20  # one scratch buffer: under glibc's 32 MB mmap ceili
 _MAX_WORKERS = 2  # the sparse work is memory-bound: more threads than this gain little on a small machine
 _POOL_BYTES = 128 * 2**20  # scratch kept between calls (CPU only)
 _state = threading.local()
-_pool: dict[tuple[str, bool], list[Tensor]] = {}
+_pool: dict[tuple[str, int, bool], list[Tensor]] = {}  # (device, bytes, zeroed) -> free buffers
 _pool_lock = threading.Lock()
 
 
