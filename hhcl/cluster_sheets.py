@@ -39,6 +39,31 @@ class SheetReport:
     shown_clusters: int
 
 
+@dataclass(frozen=True)
+class ClusterPick:
+    """One cluster chosen for display: its id, all its members, the sampled members shown, its camera count."""
+
+    cluster: int
+    members: np.ndarray
+    shown: np.ndarray
+    n_cameras: int
+
+
+def pick_clusters(
+    labels: np.ndarray, camids: np.ndarray, *, clusters: int, per_cluster: int, rng: np.random.Generator
+) -> list[ClusterPick]:
+    """The ``clusters`` largest clusters (equal sizes: lower id first), each with up to ``per_cluster`` members
+    drawn by ``rng`` (sorted); the one choice shared by the contact sheets and the dashboard's Clusters tab."""
+    sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, int)
+    order = np.argsort(-sizes, kind="stable")[: min(clusters, int((sizes > 0).sum()))]
+    picks = []
+    for c in order:
+        members = np.flatnonzero(labels == c)
+        shown = np.sort(rng.choice(members, size=min(per_cluster, len(members)), replace=False))
+        picks.append(ClusterPick(int(c), members, shown, len(np.unique(camids[members]))))
+    return picks
+
+
 def _font(size: int = 12) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
@@ -148,21 +173,19 @@ def draw_contact_sheets(
         raise ValueError("--clusters, --per-cluster and rows per sheet must be >= 1")
     rng = np.random.default_rng(seed)
     sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, int)
-    order = np.argsort(-sizes, kind="stable")[: min(clusters, int((sizes > 0).sum()))]
+    picks = pick_clusters(labels, camids, clusters=clusters, per_cluster=per_cluster, rng=rng)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     rows: list[Image.Image] = []
     listing = []
-    for rank, c in enumerate(order, 1):
-        members = np.flatnonzero(labels == c)
-        shown = np.sort(rng.choice(members, size=min(per_cluster, len(members)), replace=False))
-        n_cams = len(np.unique(camids[members]))
-        caption = f"#{rank}  cluster {int(c)}\n{len(members)} images\n{n_cams} camera{'s' * (n_cams != 1)}"
+    for rank, pick in enumerate(picks, 1):
+        c, members, shown, n_cams = pick.cluster, pick.members, pick.shown, pick.n_cameras
+        caption = f"#{rank}  cluster {c}\n{len(members)} images\n{n_cams} camera{'s' * (n_cams != 1)}"
         if len(shown) < len(members):
             caption += f"\n{len(shown)} shown"
         rows.append(_row(caption, [paths[i] for i in shown], [cam_names[camids[i]] for i in shown], camids[shown].tolist()))
-        listing.append({"cluster": int(c), "size": len(members), "cameras": n_cams, "shown": [paths[i] for i in shown]})
-        if len(rows) == rows_per_sheet or rank == len(order):
+        listing.append({"cluster": c, "size": len(members), "cameras": n_cams, "shown": [paths[i] for i in shown]})
+        if len(rows) == rows_per_sheet or rank == len(picks):
             files.append(_save(_stack(rows, f"{title}: clusters by size"), out / f"clusters_{len(files) + 1:02d}.png"))
             rows = []
     outliers = np.flatnonzero(labels < 0)
@@ -177,7 +200,7 @@ def draw_contact_sheets(
                "clusters": listing}
     atomic_write_text(out / "clusters.json", json.dumps(summary, indent=1) + "\n")
     files.append(out / "clusters.json")
-    return SheetReport(files, n_clusters, int(outliers.size), len(order))
+    return SheetReport(files, n_clusters, int(outliers.size), len(picks))
 
 
 def draw_run_clusters(

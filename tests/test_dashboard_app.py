@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from test_dashboard_state import NOW, write_tiny_log  # the recorded log, shared
-from textual.widgets import ProgressBar, RichLog, Sparkline, Static
+from textual.widgets import ProgressBar, RichLog, Static
 
-from hhcl.run.events import EpochStart, Eval, EventWriter, Progress, RunStart, Step
+from hhcl.run.events import EpochStart, Eval, EventWriter, Progress, RunEnd, RunStart, Step
 from hhcl_tui.dashboard import stop_process
 from hhcl_tui.dashboard.app import LEAVE, QUIT, STOP, DashboardApp, QuitScreen
+from hhcl_tui.dashboard.bars import ZeroBars
 
 
 def shown(app: DashboardApp, wid: str) -> str:
@@ -24,6 +27,33 @@ def shown(app: DashboardApp, wid: str) -> str:
 def log_text(app: DashboardApp) -> str:
     """Everything the log panel shows, as one string."""
     return " ".join(strip.text.rstrip() for strip in app.query_one("#log", RichLog).lines)
+
+
+def bars_text(app: DashboardApp, wid: str) -> str:
+    """What a zero-baseline sparkline draws, without its padding."""
+    return " ".join(app.query_one(f"#{wid}", ZeroBars).render().plain.split())
+
+
+def toasts(app: DashboardApp) -> list[str]:
+    """The texts of the notifications on screen."""
+    return [toast.render().plain for toast in app.screen.query("Toast")]
+
+
+async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 20.0) -> None:  # noqa: ANN001
+    """Pause until ``condition()`` holds (a loaded machine may take a while); fail after ``timeout`` seconds."""
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    assert condition(), "timed out waiting for the dashboard"
+
+
+def sleeper() -> subprocess.Popen:
+    """A stand-in training process in its own session, up and waiting when this returns."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"  # a SIGINT during start-up is lost
+    return process
 
 
 @pytest.mark.asyncio
@@ -38,11 +68,14 @@ async def test_recorded_log_numbers_shown(tmp_path: Path) -> None:
         assert shown(app, "eval-text") == "★ best mAP 45.0% R1 55.0% (epoch 2)"
         assert "tiny-run" in shown(app, "run") and "synthetic" in shown(app, "run")
         assert app.query_one("#bar", ProgressBar).percentage == pytest.approx(25 / 40)
-        assert list(app.query_one("#spark-clusters", Sparkline).data or []) == [12.0, 15.0]
-        assert list(app.query_one("#spark-outliers", Sparkline).data or []) == [25.0, 12.5]
+        # zero-based bars, one per epoch: 12 of 15 is 6.4 eighths -> 6 (min-max scaling would draw 12 empty)
+        assert bars_text(app, "spark-clusters") == "▆█ 0–15"
+        assert bars_text(app, "spark-outliers") == "█▄ 0–25%"
         assert str(app.query_one("#evals").border_subtitle).startswith("last: mAP 45.0%")
         assert str(app.query_one("#loss").border_title) == "Loss 1.250 (hard 0.750, mean 0.500)"
         assert "eval epoch 2: mAP 45.0% · R1 55.0% · re-ranked mAP 52.0% ★ best" in log_text(app)
+        assert "+0:50 eval epoch 2" in log_text(app)  # 50 s after run_start, marked as a span, not a clock
+        assert "+0:02 12 clusters" in log_text(app) and str(app.query_one("#log").border_title).endswith("since start)")
         assert app.sub_title == "tiny-run · running"
 
 
@@ -102,10 +135,8 @@ async def test_waits_for_a_log_that_does_not_exist_yet(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 async def test_quit_asks_about_a_live_training_process(tmp_path: Path) -> None:
     run_dir = write_tiny_log(tmp_path / "run")
-    process = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
-                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = sleeper()
     try:
-        assert process.stdout.readline() == "ready\n"  # the child is up (a SIGINT during start-up can be lost)
         app = DashboardApp(run_dir, process=process, clock=lambda: NOW)
         async with app.run_test(size=(100, 32)) as pilot:
             await pilot.press("q")
@@ -127,6 +158,22 @@ async def test_quit_asks_about_a_live_training_process(tmp_path: Path) -> None:
     finally:
         code = stop_process(process, timeout=20)
     assert code != 0 and process.poll() is not None  # SIGINT ended it
+
+
+@pytest.mark.asyncio
+async def test_quit_then_enter_leaves_training_running(tmp_path: Path) -> None:
+    """The dialog's focused default is the non-destructive choice: q, Enter never stops the training."""
+    process = sleeper()
+    try:
+        app = DashboardApp(write_tiny_log(tmp_path / "run"), process=process, clock=lambda: NOW)
+        async with app.run_test(size=(100, 32)) as pilot:
+            await pilot.press("q")
+            await wait_until(pilot, lambda: isinstance(app.screen, QuitScreen) and app.screen.focused is not None)
+            assert app.screen.focused.id == "leave"
+            await pilot.press("enter")
+        assert app.return_value == LEAVE and process.poll() is None
+    finally:
+        stop_process(process, timeout=20)
 
 
 @pytest.mark.asyncio
@@ -163,10 +210,11 @@ async def test_liveness_is_rechecked_without_new_events(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_reload_reads_the_log_again(tmp_path: Path) -> None:
+async def test_reload_reads_the_log_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "localtime", time.gmtime)  # clock times in UTC, whatever the machine's zone
     run_dir = write_tiny_log(tmp_path / "run")
     app = DashboardApp(run_dir, clock=lambda: NOW)
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await pilot.pause()
         assert shown(app, "epoch-text") == "epoch 3/4  iter 5/10"
         # replace the log under the app by a shorter one: tailing from the old offset finds nothing new,
@@ -183,6 +231,65 @@ async def test_reload_reads_the_log_again(tmp_path: Path) -> None:
         assert shown(app, "epoch-text") == "epoch 1/2  iter 3/5" and "other-run" in shown(app, "run")
         assert app.state.n_events == 3 and app.state.clusters == [] and app.state.attempt == 1
         assert "tiny-run" not in log_text(app) and "run other-run started" in log_text(app)
+        # and it says so: 3 events, the last at unix 2010 (00:33:30 UTC), 10 s after the run started
+        await wait_until(pilot, lambda: any("reloaded" in t for t in toasts(app)))
+        assert "Reloaded\nreloaded: 3 events, last at 1970-01-01 00:33:30 (+0:10)" in toasts(app)
+
+
+@pytest.mark.asyncio
+async def test_reload_of_a_missing_log_says_there_is_nothing(tmp_path: Path) -> None:
+    app = DashboardApp(tmp_path / "not-yet", clock=lambda: NOW)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("r")
+        await wait_until(pilot, lambda: bool(toasts(app)))
+        assert toasts(app) == [f"Reloaded\nreloaded {tmp_path / 'not-yet' / 'events.jsonl'}: no events yet"]
+
+
+STOPPING_CHILD = """
+import signal, sys, time
+from hhcl.run.events import EventWriter, RunEnd
+def stop(*_):  # what the engine does on SIGINT: finish, checkpoint, record how it ended
+    with EventWriter(sys.argv[1]) as writer:
+        writer.emit(RunEnd(status="interrupted", message=sys.argv[2], resume=sys.argv[3]))
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_stop_prints_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`hhcl train --tui`, q, Stop training: the run's own ending (the text Ctrl-C prints) is printed, not an
+    earlier attempt's; without one, whether a checkpoint can be resumed."""
+    import hhcl_tui.dashboard as dashboard
+
+    run_dir = write_tiny_log(tmp_path / "run")
+    with EventWriter(run_dir / "events.jsonl") as writer:  # an earlier attempt's ending, already in the log
+        writer.emit(RunEnd(t=1064.0, status="interrupted", message="OLD ending", resume="hhcl train --resume OLD"))
+    monkeypatch.setattr(dashboard.DashboardApp, "run", lambda self: STOP)
+    message = f"stopped after epoch 3/4 iter 5/10 with a checkpoint; continue with: hhcl train --resume {run_dir}"
+    child = subprocess.Popen([sys.executable, "-c", STOPPING_CHILD, str(run_dir / "events.jsonl"), message,
+                              f"hhcl train --resume {run_dir}"], start_new_session=True, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        assert dashboard.run_dashboard(run_dir, child) == 130
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    out = capsys.readouterr().out
+    assert message in out and "OLD" not in out
+    # a process stopped before it wrote an ending: say whether there is anything to resume
+    live = sleeper()
+    assert dashboard.run_dashboard(run_dir, live) == 130
+    assert "nothing to resume yet; run the same command again" in capsys.readouterr().out
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.safetensors").write_bytes(b"")
+    live = sleeper()
+    assert dashboard.run_dashboard(run_dir, live) == 130
+    assert f"continue with: hhcl train --resume {run_dir}" in capsys.readouterr().out
 
 
 def test_run_dashboard_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

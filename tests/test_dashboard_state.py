@@ -28,7 +28,15 @@ from hhcl.run.events import (
     read_events,
 )
 from hhcl_tui.dashboard import view
-from hhcl_tui.dashboard.state import RunState, downsample, new_log_lines, reduce_events, update_liveness
+from hhcl_tui.dashboard.bars import scale_label, zero_bars
+from hhcl_tui.dashboard.state import (
+    LogLine,
+    RunState,
+    downsample,
+    new_log_lines,
+    reduce_events,
+    update_liveness,
+)
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "events-sample.jsonl"
 NOW = 1065.0  # "now" for the tiny log: 4 s after its last event, so it reads as a live run
@@ -357,6 +365,32 @@ def test_fmt_helpers() -> None:
     assert view.fmt_duration(3725) == "1:02:05" and view.fmt_duration(59.6) == "1:00"
     assert view.fmt_duration(None) == "--"
     assert view.fmt_pct(0.8343) == "83.4%" and view.fmt_count(12936) == "12,936"
+
+
+def test_log_times_are_marked_as_spans_since_the_start() -> None:
+    assert view.log_line(LogLine(725.0, "info", "epoch 2/60 started")).plain == "+12:05 epoch 2/60 started"
+    assert view.log_line(LogLine(61.0, "warn", "x")).plain == " +1:01 x"  # aligned on the right
+    assert view.log_line(LogLine(3725.0, "warn", "x")).plain == "+1:02:05 x"
+    assert view.log_line(LogLine(None, "info", "no time")).plain == "       no time"
+
+
+def test_zero_based_bars_and_their_scale() -> None:
+    # 49 -> 55 clusters: 49/55 of a cell is 7.1 eighths (min-max scaling would draw an empty bar, then a full one)
+    assert zero_bars([49, 55], 10) == "▇█"
+    assert zero_bars([0, 4, 8], 10) == " ▄█"  # zero draws nothing; the scale starts at 0
+    assert zero_bars([1, 100], 5) == "▁█"  # a positive value under half an eighth still shows
+    assert zero_bars([1, 2, 3, 4, 5, 6, 7, 8], 4) == "▂▄▆█"  # too many for the width: each bar the max of two
+    assert zero_bars([], 4) == "" and zero_bars([0.0, 0.0], 4) == "  " and zero_bars([3.0], 0) == ""
+    assert scale_label(55) == "0–55" and scale_label(12.5, "%") == "0–12.5%"
+
+
+def test_reload_summary_says_what_was_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setattr(time, "localtime", time.gmtime)  # clock times in UTC, whatever the machine's zone
+    assert view.reload_summary(RunState(), "runs/x/events.jsonl") == "reloaded runs/x/events.jsonl: no events yet"
+    state = reduce_events(tiny_events())
+    assert view.reload_summary(state, "ignored") == "reloaded: 15 events, last at 1970-01-01 00:17:40 (+1:00)"
 
 
 def test_reference_sample_log() -> None:

@@ -1,4 +1,5 @@
-"""SVG snapshots of the dashboard and the wizard at 100x32, compared with tests/snapshots/*.svg.
+"""SVG snapshots of the dashboard (its Training and Clusters tabs) and the wizard at 100x32, compared with
+tests/snapshots/*.svg.
 
 Set HHCL_UPDATE_SNAPSHOTS=1 to (re)write the stored files after a deliberate visual change; without it a
 missing snapshot is a failure. Rich's per-export class prefix (``terminal-<hash>``) is normalised away.
@@ -13,8 +14,11 @@ import re
 from pathlib import Path
 
 import pytest
+from test_dashboard_clusters import EPOCH_1, EPOCH_2, captions, make_run, wait_until  # the tiny labelled run
 from test_dashboard_state import NOW, write_tiny_log  # the recorded log, shared
+from textual_image.widget import HalfcellImage
 
+from hhcl_tui.dashboard import clusters
 from hhcl_tui.dashboard.app import DashboardApp
 from hhcl_tui.wizard import WizardApp
 
@@ -56,6 +60,19 @@ async def test_dashboard_snapshot(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert_snapshot(app.export_screenshot(), "dashboard")
+
+
+async def test_dashboard_clusters_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # coloured half blocks, as off a tty: a terminal with a graphics protocol would draw these pixels with it
+    monkeypatch.setattr(clusters, "TerminalImage", HalfcellImage)
+    run = make_run(tmp_path, [EPOCH_1, EPOCH_2])
+    write_tiny_log(run)
+    app = DashboardApp(run, clock=lambda: NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        await wait_until(pilot, lambda: len(captions(app)) == 3)
+        await pilot.pause()
+        assert_snapshot(app.export_screenshot(), "dashboard-clusters")
 
 
 async def test_wizard_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

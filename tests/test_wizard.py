@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Input, Select, Static
 
-from hhcl.config import PRESETS_DIR, ConfigError, load_config
+from hhcl.config import PRESETS_DIR, ConfigError, load_config, preset_names
 from hhcl_tui.wizard import GPUS, WizardApp, WizardForm, detect_datasets
 
 if sys.version_info >= (3, 11):
@@ -128,6 +128,22 @@ async def test_wizard_writes_the_expected_toml_and_offers_training(data_root: Pa
     assert tomllib.loads(saved) == expected
     assert saved.startswith("# hhcl wizard, from preset market")
     assert app.return_value == ["train", "--preset", "mine.toml", "--nproc-per-node", "2"]
+
+
+@pytest.mark.asyncio
+async def test_wizard_starts_on_the_first_field(data_root: Path) -> None:
+    """The first key press reaches a field: Enter opens the preset list, Down and Enter pick the next preset."""
+    app = WizardApp(preset="market", data_root=data_root, out=Path("x.toml"))
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        assert app.focused is app.query_one("#preset", Select)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.query_one("#preset", Select).expanded
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        names = preset_names()
+        assert app.form.preset == names[names.index("market") + 1] != "market"
 
 
 @pytest.mark.asyncio

@@ -1,8 +1,9 @@
 """The Textual dashboard over one run's ``events.jsonl``: tails it live, or replays a finished run.
 
-The app only reads the event log (through :class:`hhcl.run.events.EventTail`), folds it into a
-:class:`RunState`, re-checks the run's liveness on every poll (new events or not) and redraws; with a
-training ``process`` attached, quitting asks whether to stop it.
+The app only reads the run directory: the event log (through :class:`hhcl.run.events.EventTail`), folded
+into a :class:`RunState`, with the run's liveness re-checked on every poll (new events or not); and, for the
+Clusters tab, the newest epoch's kept pseudo labels, loaded off the UI thread when a newer epoch appears.
+With a training ``process`` attached, quitting asks whether to stop it (leaving it running is the default).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from rich.markup import escape
@@ -17,12 +19,25 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Header, Label, ProgressBar, RichLog, Sparkline, Static
+from textual.widgets import (
+    Button,
+    Footer,
+    Header,
+    Label,
+    ProgressBar,
+    RichLog,
+    Static,
+    TabbedContent,
+    TabPane,
+)
+from textual.worker import Worker, WorkerState
 from textual_plotext import PlotextPlot
 
 from hhcl.run.events import EventTail
 from hhcl.run.layout import RunLayout
 from hhcl_tui.dashboard import view
+from hhcl_tui.dashboard.bars import ZeroBars
+from hhcl_tui.dashboard.clusters import ClusterGallery, ClustersPane, labels_key, load_gallery
 from hhcl_tui.dashboard.state import RunState, add_log, new_log_lines, reduce_events, update_liveness
 
 MAX_PLOT_POINTS = 400
@@ -31,16 +46,17 @@ STOP, LEAVE, QUIT = "stop", "leave", "quit"
 
 
 class QuitScreen(ModalScreen[str | None]):
-    """Asks what to do with the training process: stop it, leave it running, or stay."""
+    """Asks what to do with the training process: leave it running (the focused default), stop it, or stay."""
 
+    AUTO_FOCUS = "#leave"  # Enter keeps the training: stopping it must be a deliberate choice
     BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
 
     def compose(self) -> ComposeResult:
         with Vertical(id="quit-dialog"):
             yield Label("Training is still running. What now?", id="quit-question")
             with Horizontal(id="quit-buttons"):
-                yield Button("Stop training", id="stop", variant="error")
                 yield Button("Leave it running", id="leave", variant="primary")
+                yield Button("Stop training", id="stop", variant="error")
                 yield Button("Cancel", id="cancel")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -51,7 +67,8 @@ class QuitScreen(ModalScreen[str | None]):
 
 
 class DashboardApp(App[str]):
-    """Live view of a run: progress, loss, clustering, mAP/R1, throughput and the recent log."""
+    """Live view of a run: progress, loss, clustering, mAP/R1, throughput and the recent log; and a Clusters
+    tab with the newest epoch's largest clusters as pictures."""
 
     TITLE = "hhcl monitor"
     CSS_PATH = "dashboard.tcss"
@@ -60,6 +77,8 @@ class DashboardApp(App[str]):
         Binding("q", "quit", "Quit"),
         Binding("r", "reload", "Reload log"),
         Binding("d", "toggle_dark", "Light/dark"),
+        Binding("t", "show_tab('tab-training')", "Training"),
+        Binding("c", "show_tab('tab-clusters')", "Clusters"),
     ]
 
     def __init__(
@@ -82,32 +101,37 @@ class DashboardApp(App[str]):
         self._shown_status = ""
         self._plotted: tuple[int, int, int, int] | None = None
         self._process_noted = False
+        self._labels_key: tuple[int, int] | None = None
+        self._gallery_worker: Worker[ClusterGallery] | None = None
 
     # -- layout -----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
-        with Grid(id="grid"):
-            yield Static(id="run", classes="panel")
-            with Vertical(id="progress", classes="panel"):
-                yield Static(id="epoch-text", classes="line")
-                yield ProgressBar(total=1.0, show_eta=False, id="bar")
-                yield Static(id="eta-text", classes="line")
-                yield Static(id="speed-text", classes="line")
-                yield Static(id="checkpoint-text", classes="line")
-            yield PlotextPlot(id="loss", classes="panel")
-            with Vertical(id="evals", classes="panel"):
-                yield Static(id="eval-text", classes="line")
-                yield PlotextPlot(id="eval-plot")
-            with Vertical(id="clusters", classes="panel"):
-                yield Static(id="cluster-text", classes="line")
-                with Horizontal(classes="spark-row"):
-                    yield Label("clusters", classes="spark-label")
-                    yield Sparkline([], id="spark-clusters")
-                with Horizontal(classes="spark-row"):
-                    yield Label("outlier%", classes="spark-label")
-                    yield Sparkline([], id="spark-outliers")
-                yield Static(id="timings-text")
-            yield RichLog(id="log", classes="panel", max_lines=500, min_width=20, wrap=True)
+        with TabbedContent(id="tabs", initial="tab-training"):
+            with TabPane("Training", id="tab-training"), Grid(id="grid"):
+                yield Static(id="run", classes="panel")
+                with Vertical(id="progress", classes="panel"):
+                    yield Static(id="epoch-text", classes="line")
+                    yield ProgressBar(total=1.0, show_eta=False, id="bar")
+                    yield Static(id="eta-text", classes="line")
+                    yield Static(id="speed-text", classes="line")
+                    yield Static(id="checkpoint-text", classes="line")
+                yield PlotextPlot(id="loss", classes="panel")
+                with Vertical(id="evals", classes="panel"):
+                    yield Static(id="eval-text", classes="line")
+                    yield PlotextPlot(id="eval-plot")
+                with Vertical(id="clusters", classes="panel"):
+                    yield Static(id="cluster-text", classes="line")
+                    with Horizontal(classes="spark-row"):
+                        yield Label("clusters", classes="spark-label")
+                        yield ZeroBars(id="spark-clusters")
+                    with Horizontal(classes="spark-row"):
+                        yield Label("outliers", classes="spark-label")
+                        yield ZeroBars(unit="%", id="spark-outliers")
+                    yield Static(id="timings-text")
+                yield RichLog(id="log", classes="panel", max_lines=500, min_width=20, wrap=True)
+            with TabPane("Clusters", id="tab-clusters"):
+                yield ClustersPane(id="clusters-pane")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -117,7 +141,7 @@ class DashboardApp(App[str]):
             "loss": "Loss (x: epochs)",
             "evals": "mAP / R1 · labels ARI / NMI",
             "clusters": "Clustering",
-            "log": "Log",
+            "log": "Log (+time since start)",
         }
         for wid, title in titles.items():
             self.query_one(f"#{wid}").border_title = title
@@ -133,6 +157,7 @@ class DashboardApp(App[str]):
             reduce_events(events, self.state)
         self._check_process()
         update_liveness(self.state, self.clock(), process_gone=self._process_noted)
+        self._check_labels()
         changed = view.status_label(self.state) != self._shown_status  # e.g. "no news for 3 min" -> "4 min"
         if events or changed or self.state.n_log != self._log_seen or self._plotted is None:
             self.refresh_view()
@@ -147,6 +172,29 @@ class DashboardApp(App[str]):
         self._process_noted = True
         level = "good" if code == 0 else "error"
         add_log(self.state, self.state.last_t, level, f"training process exited with code {code}")
+
+    def _check_labels(self) -> None:
+        """(Re)load the Clusters tab in a thread when the newest kept labels changed (or were never read)."""
+        key = labels_key(self.run_dir)
+        if self._gallery_worker is not None and key == self._labels_key:
+            return
+        self._labels_key = key
+        self._gallery_worker = self.run_worker(
+            partial(load_gallery, self.run_dir), name="clusters", group="clusters", thread=True, exclusive=True,
+            exit_on_error=False,
+        )
+
+    async def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Show the Clusters tab's newest gallery (an older, superseded load is ignored)."""
+        worker = event.worker
+        panes = self.query("#clusters-pane").results(ClustersPane)
+        pane = next(panes, None)
+        if worker is not self._gallery_worker or pane is None:  # superseded, or the app is closing
+            return
+        if event.state == WorkerState.SUCCESS and isinstance(worker.result, ClusterGallery):
+            await pane.show(worker.result)
+        elif event.state == WorkerState.ERROR:
+            await pane.show(ClusterGallery(None, note=f"could not load the clusters: {worker.error}"))
 
     def refresh_view(self) -> None:
         """Redraw every panel from ``self.state``."""
@@ -167,8 +215,8 @@ class DashboardApp(App[str]):
         self.query_one("#loss").border_title = view.loss_title(state)
         clusters = [float(c.n_clusters) for c in state.clusters if c.n_clusters is not None]
         outliers = [c.outlier_ratio * 100 for c in state.clusters if c.outlier_ratio is not None]
-        self.query_one("#spark-clusters", Sparkline).data = clusters
-        self.query_one("#spark-outliers", Sparkline).data = outliers
+        self.query_one("#spark-clusters", ZeroBars).data = tuple(clusters)
+        self.query_one("#spark-outliers", ZeroBars).data = tuple(outliers)
         log = self.query_one("#log", RichLog)
         for line in new_log_lines(state, self._log_seen):
             log.write(view.log_line(line))
@@ -208,15 +256,21 @@ class DashboardApp(App[str]):
 
     # -- actions ----------------------------------------------------------------------------------
     def action_reload(self) -> None:
-        """Forget everything and re-read the log from its first line."""
+        """Forget everything, re-read the log from its first line and the newest labels; say what was read."""
         self.state = RunState()
         self._tail = EventTail(self.run_dir)
         self._log_seen = 0
         self._shown_status = ""
         self._plotted = None
         self._process_noted = False
+        self._gallery_worker = None
         self.query_one("#log", RichLog).clear()
         self.poll()
+        self.notify(view.reload_summary(self.state, str(self._tail.path)), title="Reloaded")
+
+    def action_show_tab(self, tab: str) -> None:
+        """Switch to the Training or the Clusters tab."""
+        self.query_one("#tabs", TabbedContent).active = tab
 
     def action_toggle_dark(self) -> None:
         """Switch between the light and the dark theme."""

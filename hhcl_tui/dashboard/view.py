@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from rich.text import Text
@@ -253,6 +254,19 @@ def timings_text(state: RunState) -> Text:
 
 
 def log_line(line: LogLine) -> Text:
-    """A log line with its time since the start, coloured by level."""
-    stamp = f"{fmt_duration(line.t)}" if line.t is not None else ""
-    return Text.assemble((f"{stamp:>5} ", "dim"), (line.text, LEVEL_STYLE.get(line.level, "")))
+    """A log line with its time since the run started, marked ``+`` (``+12:05``: not a clock time), by level."""
+    stamp = f"+{fmt_duration(line.t)}" if line.t is not None else ""
+    return Text.assemble((f"{stamp:>6} ", "dim"), (line.text, LEVEL_STYLE.get(line.level, "")))
+
+
+def reload_summary(state: RunState, source: str) -> str:
+    """What a reload read, for its notification: the event count and the last event's clock time (local)."""
+    if not state.n_events:
+        return f"reloaded {source}: no events yet"
+    text = f"reloaded: {state.n_events:,} event{'s' * (state.n_events != 1)}"
+    if state.last_t is not None:
+        text += f", last at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(state.last_t))}"
+        rel = state.rel_time(state.last_t)
+        if rel is not None:
+            text += f" (+{fmt_duration(rel)})"
+    return text

@@ -24,6 +24,7 @@ class WizardApp(App[list[str] | None]):
 
     TITLE = "hhcl wizard"
     CSS_PATH = "wizard.tcss"
+    AUTO_FOCUS = "#preset"  # the first field, so the first Enter opens the preset list (not the scroll area)
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+t", "train", "Train now"),
