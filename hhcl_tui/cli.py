@@ -55,6 +55,7 @@ from hhcl_tui.commands import export as export_cmd  # noqa: E402
 from hhcl_tui.commands import monitor as monitor_cmd  # noqa: E402
 from hhcl_tui.commands import prepare as prepare_cmd  # noqa: E402
 from hhcl_tui.commands import search as search_cmd  # noqa: E402
+from hhcl_tui.commands import tensorboard as tensorboard_cmd  # noqa: E402
 from hhcl_tui.commands import train as train_cmd  # noqa: E402
 from hhcl_tui.commands import wizard as wizard_cmd  # noqa: E402
 
@@ -66,6 +67,7 @@ app.command("embed")(export_cmd.embed)
 app.command("search")(search_cmd.search)
 app.command("clusters")(clusters_cmd.clusters)
 app.command("monitor")(monitor_cmd.monitor)
+app.command("tensorboard")(tensorboard_cmd.tensorboard)
 app.command("wizard")(wizard_cmd.wizard)
 app.command("demo")(train_cmd.demo)
 

@@ -36,7 +36,10 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 #: keys that may change when a run is resumed; anything else would change what the run computes
-RESUMABLE_KEYS = ("train.epochs", "train.eval_every", "train.device", "data.root", "data.workers")
+# what may change on resume: none changes what the run computes (tensorboard only adds a log writer)
+RESUMABLE_KEYS = (
+    "train.epochs", "train.eval_every", "train.device", "train.tensorboard", "data.root", "data.workers"
+)
 
 
 class ResumeError(RuntimeError):

@@ -1,4 +1,5 @@
-"""Run directory layout: ``<runs_dir>/<name>/{config.toml, events.jsonl, log.txt, run.lock, checkpoints/}``.
+"""Run directory layout: ``<runs_dir>/<name>/{config.toml, events.jsonl, log.txt, run.lock, checkpoints/}``
+(and ``labels/``, ``tensorboard/``).
 
 Every file name of a run lives here; the rest of hhcl asks :class:`RunLayout` for paths.
 """
@@ -22,6 +23,7 @@ LAST_STATE = "last.state.pt"
 BEST_WEIGHTS = "best.safetensors"
 COMMIT_FILE = "last.commit"  # the checkpoint pair's commit record (exists only while a pair is being renamed)
 LABELS = "labels"  # each epoch's pseudo labels (epoch_001.npy, ...) and the train images they index (train.tsv)
+TENSORBOARD = "tensorboard"  # TensorBoard scalars of the run (train.tensorboard = true, or `hhcl tensorboard`)
 
 
 class RunDirError(ValueError):
@@ -79,6 +81,10 @@ class RunLayout:
     @property
     def labels(self) -> Path:
         return self.root / LABELS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
 
     def epoch_labels(self, epoch: int) -> Path:
         """The pseudo labels of 0-based ``epoch``, named 1-based as users read epochs."""

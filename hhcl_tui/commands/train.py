@@ -90,6 +90,13 @@ def train(
                 raise fail(str(err)) from None
 
     cfg.data.root = os.path.abspath(os.path.expanduser(cfg.data.root))  # what the run records
+    if cfg.train.tensorboard:  # here, not in the child: --tui and torchrun children would hide the message
+        from hhcl.tensorboard import require_tensorboard
+
+        try:
+            require_tensorboard()
+        except ConfigError as err:
+            raise fail(str(err)) from None
     if dry_run:
         console.print(Syntax(cfg.to_toml(), "toml", theme="ansi_dark", background_color="default"))
         note = " (resumed)" if resume else " (not created: dry run)"
@@ -181,11 +188,12 @@ def _next_steps(run_dir: Path, query: list) -> str:
 
 def _run_with_dashboard(cmd: list[str], run_dir: Path) -> int:
     """Start training in its own process (and process group) and open the dashboard on its run directory."""
-    from hhcl_tui.dashboard import run_dashboard
+    from hhcl_tui.dashboard import log_size, run_dashboard
 
+    log_start = log_size(run_dir)  # the dashboard's stop message reads this process's ending, after this point
     log = open(os.devnull, "w")  # noqa: SIM115 - the run writes its own log.txt
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return run_dashboard(run_dir, process)
+    return run_dashboard(run_dir, process, log_start)
 
 
 def demo(
