@@ -28,7 +28,9 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a")
 POOLINGS = ("avg", "gem")
 KNN_BACKENDS = ("auto", "torch", "faiss")
 AUTO_KEYS = ("cluster.eps",)  # keys that also take the word "auto"
-MEMORY_MODES = ("CM", "CMhard", "CMhybrid", "CMhybrid_v2")
+HYBRID_MODES = ("CM", "CMhard", "CMhybrid", "CMhybrid_v2")  # hhcl.memory.HybridMemory
+CAMERA_MODES = ("O2CAP",)  # hhcl.camera_memory.CameraMemory: camera-aware proxies
+MEMORY_MODES = (*HYBRID_MODES, *CAMERA_MODES)
 LOSS_FORMS = ("reference", "paper")
 AMP_MODES = ("off", "bf16", "fp16")
 
@@ -83,6 +85,14 @@ class MemoryConfig:
     hard_weight: float = 0.5
     smooth: float = 0.0
     loss_form: str = "reference"
+    # camera-aware proxies (O2CAP, hhcl/camera_memory.py): mode O2CAP, or an HHCL mode with camera_aware = true
+    camera_aware: bool = False  # HHCL modes: add the camera-aware proxy terms below to the hybrid loss
+    intra_weight: float = 0.0  # intra-camera proxy loss (the authors' train.py leaves it off)
+    offline_weight: float = 1.0  # offline association: the cluster's proxies vs the bg_knn hardest others
+    online_weight: float = 1.0  # online association: pos_k cross-camera nearest proxies vs bg_knn others
+    bg_knn: int = 50  # hard negative proxies per sample in both association losses
+    pos_k: int = 3  # positive proxies of the online association (the top per-camera nearest)
+    balance_w: float = 0.15  # online similarity = balance_w * sample-proxy + (1 - balance_w) * proxy-proxy
 
 
 @dataclass
@@ -105,6 +115,7 @@ class TrainConfig:
     compile: bool = False
     tf32: bool = False
     supervised: bool = False
+    tensorboard: bool = False  # also write the run's scalars to <run_dir>/tensorboard/ (pip install "hhcl[tensorboard]")
 
 
 @dataclass
@@ -263,6 +274,24 @@ def check_memory(
     _choice("memory.loss_form", loss_form, LOSS_FORMS)
 
 
+def check_camera_memory(
+    *, intra_weight: float, offline_weight: float, online_weight: float, bg_knn: int, pos_k: int, balance_w: float
+) -> None:
+    """Raise :class:`ConfigError` on a camera-aware proxy setting (O2CAP, camera_aware); ``validate`` and
+    ``hhcl.camera_memory.CameraMemory`` both call it."""
+    for key, w in (("intra_weight", intra_weight), ("offline_weight", offline_weight), ("online_weight", online_weight)):
+        _check(math.isfinite(w) and w >= 0, f"memory.{key}", w, "must be a finite number >= 0 (0 = that term off)")
+    _check(
+        intra_weight + offline_weight + online_weight > 0,
+        "memory.online_weight",
+        online_weight,
+        "must be > 0 when memory.intra_weight and memory.offline_weight are 0 (O2CAP needs one loss term)",
+    )
+    _check(bg_knn >= 1, "memory.bg_knn", bg_knn, "must be at least 1 (hard negative proxies per sample; O2CAP: 50)")
+    _check(pos_k >= 1, "memory.pos_k", pos_k, "must be at least 1 (online positive proxies; O2CAP: 3)")
+    _check(0.0 <= balance_w <= 1.0, "memory.balance_w", balance_w, "must be in [0, 1] (O2CAP: 0.15)")
+
+
 def _check_finite(cfg: Config) -> None:
     """Refuse inf and nan in every float key (``1e400`` reads as inf): Adam and the losses cannot hold them."""
     for section, cls in _SECTION_CLASSES.items():
@@ -334,6 +363,21 @@ def validate(cfg: Config) -> Config:
         hard_weight=mem.hard_weight,
         smooth=mem.smooth,
         loss_form=mem.loss_form,
+    )
+    check_camera_memory(
+        intra_weight=mem.intra_weight,
+        offline_weight=mem.offline_weight,
+        online_weight=mem.online_weight,
+        bg_knn=mem.bg_knn,
+        pos_k=mem.pos_k,
+        balance_w=mem.balance_w,
+    )
+    _check(
+        not (mem.camera_aware and mem.mode in CAMERA_MODES),
+        "memory.camera_aware",
+        mem.camera_aware,
+        f"applies to the HHCL modes ({', '.join(HYBRID_MODES)}); memory.mode = {mem.mode!r} is camera-aware "
+        "by itself: set memory.camera_aware = false",
     )
     _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")

@@ -120,6 +120,12 @@ class Trainer:
         self.device = dist.resolve_device(self.cfg.train.device)
         self.info = dist.init_distributed(self.device)
         self.main = self.info.rank == 0
+        if self.cfg.train.tensorboard:  # every rank refuses up front without the package; rank 0 writes
+            from hhcl.tensorboard import TensorBoardHook, require_tensorboard
+
+            require_tensorboard()
+            if self.main:
+                self.hooks.append(TensorBoardHook(self.layout.tensorboard))
         self.stop_requested = False
         self.stage = "starting"
         self.events = EventWriter(None)
@@ -233,10 +239,11 @@ class Trainer:
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             labels = state.labels[local.to(self.device)]
+            cams = () if state.camids is None else (state.camids[local.to(self.device)],)  # camera-aware memory
             window.data_wait += time.perf_counter() - t_data
             with self._autocast():
                 feats = self.net(x)
-            loss = state.memory(feats.float(), labels)
+            loss = state.memory(feats.float(), labels, *cams)
             if not torch.isfinite(loss.detach()):  # one host sync; the memory update syncs every step anyway
                 raise TrainingError(
                     f"{epoch_label(epoch)} {iter_label(it)}: the loss became {loss.item()} (not finite). "
@@ -246,7 +253,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            state.memory.update(feats.detach().float(), labels)
+            state.memory.update(feats.detach().float(), labels, *cams)
             window.images += len(batch)
             window.iters += 1
             if (it + 1) % LOG_EVERY == 0 or it == cfg.train.iters - 1 or it == start_iter:

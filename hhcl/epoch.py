@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from hhcl import distributed as dist
+from hhcl.camera_memory import CameraAwareHybrid, CameraMemory
 from hhcl.cluster import pseudo_labels
 from hhcl.cluster.auto_eps import auto_eps
 from hhcl.cluster.quality import label_quality
-from hhcl.config import Config
-from hhcl.data.sampler import PKSampler
+from hhcl.config import CAMERA_MODES, Config, ConfigError
+from hhcl.data.sampler import PKSampler, ProxySampler
 from hhcl.evaluate import extract_features
 from hhcl.memory import HybridMemory
 from hhcl.run.events import CLUSTER_STEPS, Cluster, Event, Progress
@@ -98,12 +99,14 @@ def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | s
 
 @dataclass
 class EpochState:
-    """What one epoch trains with: pseudo labels, the memory bank, the batch stream, the augmentation RNG."""
+    """What one epoch trains with: pseudo labels, the memory bank, the batch stream, the augmentation RNG, and the
+    train images' camera ids when the memory is camera-aware (it then takes them beside the labels)."""
 
     labels: torch.Tensor
-    memory: HybridMemory
+    memory: HybridMemory | CameraMemory | CameraAwareHybrid
     sampler: Iterator[torch.Tensor]
     aug_gen: torch.Generator
+    camids: torch.Tensor | None = None
 
     def checkpoint_fields(self) -> dict[str, Any]:
         """What a mid-epoch checkpoint must keep to continue this epoch exactly."""
@@ -149,6 +152,7 @@ class EpochSetup:
         self.keep_labels = keep_labels  # rank 0: writes each epoch's pseudo labels into the run directory
         self.auto_eps: float | None = None  # cluster.eps = auto: chosen at the run's first clustering, then kept
         self.identities = train_identities(train_store.pids)
+        self.camids = camera_ids(cfg, train_store.camids, device)
 
     def begin(self, epoch: int, saved: TrainingState | None = None) -> tuple[EpochState, int]:
         """The epoch's state and the iteration to start from (``saved``: a mid-epoch checkpoint of this epoch)."""
@@ -157,7 +161,7 @@ class EpochSetup:
             labels = saved.labels.to(self.device)
             memory = self._memory(labels, None, epoch)
             memory.load_state_dict(saved.memory)
-            state = EpochState(labels, memory, self._sampler(labels, epoch), self._aug_gen(epoch))
+            state = EpochState(labels, memory, self._sampler(labels, epoch), self._aug_gen(epoch), self.camids)
             for _ in range(saved.iter):  # replay the batch stream to where it stopped
                 next(state.sampler)
             state.aug_gen.set_state(saved.aug_gen)
@@ -169,7 +173,7 @@ class EpochSetup:
         memory = self._memory(labels, features, epoch)
         if progress is not None:
             progress(1, 1)
-        return EpochState(labels, memory, self._sampler(labels, epoch), self._aug_gen(epoch)), 0
+        return EpochState(labels, memory, self._sampler(labels, epoch), self._aug_gen(epoch), self.camids), 0
 
     def _progress(self, epoch: int, stage: str, total: int) -> StageProgress | None:
         """A started stage's reporter on rank 0 (the only rank that writes events), None elsewhere."""
@@ -282,7 +286,32 @@ class EpochSetup:
         progress.finished_at(2, total, seconds["knn"] + seconds["jaccard"])
         progress(total, total)
 
-    def _memory(self, labels: torch.Tensor, features: torch.Tensor | None, epoch: int) -> HybridMemory:
+    def _memory(
+        self, labels: torch.Tensor, features: torch.Tensor | None, epoch: int
+    ) -> HybridMemory | CameraMemory | CameraAwareHybrid:
+        cfg = self.cfg
+        if self.camids is None:
+            return self._hybrid(labels, features, epoch)
+        mem = cfg.memory
+        kw = {
+            "temp": mem.temp,
+            "momentum": mem.momentum,
+            "intra_weight": mem.intra_weight,
+            "offline_weight": mem.offline_weight,
+            "online_weight": mem.online_weight,
+            "bg_knn": mem.bg_knn,
+            "pos_k": mem.pos_k,
+            "balance_w": mem.balance_w,
+        }
+        if features is None:  # resumed mid-epoch: shaped here, filled from the checkpoint by the caller
+            proxies = CameraMemory.shaped(labels, self.camids, self.model.feature_dim, **kw).to(self.device)
+        else:
+            proxies = CameraMemory.from_features(features, labels, self.camids, **kw).to(self.device)
+        if mem.mode in CAMERA_MODES:
+            return proxies
+        return CameraAwareHybrid(self._hybrid(labels, features, epoch), proxies)
+
+    def _hybrid(self, labels: torch.Tensor, features: torch.Tensor | None, epoch: int) -> HybridMemory:
         cfg = self.cfg
         kw = {
             "mode": cfg.memory.mode,
@@ -301,8 +330,9 @@ class EpochSetup:
 
     def _sampler(self, labels: torch.Tensor, epoch: int) -> Iterator[torch.Tensor]:
         cfg = self.cfg
+        kind = ProxySampler if cfg.memory.mode in CAMERA_MODES else PKSampler  # O2CAP: its proxy-uniform sampler
         try:
-            sampler = PKSampler(
+            sampler = kind(
                 labels.cpu(),
                 self.train_store.camids.cpu(),
                 num_instances=cfg.data.num_instances,
@@ -315,3 +345,18 @@ class EpochSetup:
 
     def _aug_gen(self, epoch: int) -> torch.Generator:
         return epoch_generator(self.cfg.train.seed, epoch, 2, self.device)
+
+
+def camera_ids(cfg: Config, camids: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """The train images' camera ids on ``device`` when the memory is camera-aware (else None); a train set with one
+    camera (e.g. a folder dataset without camera sub-folders) cannot split clusters by camera: a ConfigError."""
+    if cfg.memory.mode not in CAMERA_MODES and not cfg.memory.camera_aware:
+        return None
+    if camids.numel() == 0 or torch.unique(camids).numel() < 2:
+        key = "memory.mode = O2CAP" if cfg.memory.mode in CAMERA_MODES else "memory.camera_aware = true"
+        raise ConfigError(
+            f"{key} needs camera ids, but the train images of data.dataset = {cfg.data.dataset!r} all come from one "
+            "camera: prepare a folder dataset with one sub-folder per camera or --cam-pattern (hhcl prepare folder), "
+            "or use an HHCL mode without camera terms (memory.mode = CMhybrid, memory.camera_aware = false)."
+        )
+    return camids.to(device).long()

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hhcl import distributed
-from hhcl.config import MEMORY_MODES as MODES  # the config's list, re-exported for benchmarks
+from hhcl.config import HYBRID_MODES as MODES  # the config's list of this bank's modes, for benchmarks
 from hhcl.config import check_memory
 
-__all__ = ["MODES", "HybridMemory", "cluster_centroids", "sample_instances"]
+__all__ = ["MODES", "HybridMemory", "cluster_centroids", "momentum_blend", "sample_instances"]
 
 SMOOTH_EPSILON = 0.1  # the reference hard-codes epsilon; memory.smooth > 0 only switches smoothing on
 
@@ -88,6 +88,12 @@ def sample_instances(
     offset = torch.minimum((u * counts).long(), counts - 1)
     picks = order[starts + offset].flatten()
     return features.index_select(0, picks).float().view(num_instances, num_clusters, -1)
+
+
+def momentum_blend(bank: Tensor, rows: Tensor, samples: Tensor, momentum: float) -> None:
+    """bank[rows] = normalise(m * bank[rows] + (1 - m) * samples) in place; rows must be distinct."""
+    new = bank.index_select(0, rows) * momentum + (1 - momentum) * samples
+    bank.index_copy_(0, rows, new / new.norm(dim=1, keepdim=True))
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,8 @@ class HybridMemory(nn.Module):
             smooth=smooth,
             loss_form=loss_form,
         )
+        if mode not in MODES:
+            raise ValueError(f"memory.mode = {mode!r} is built by hhcl.camera_memory, not HybridMemory")
         if num_instances < 1:
             raise ValueError(f"num_instances = {num_instances!r} is not allowed: must be at least 1")
         if centroids.dim() != 2 or centroids.shape[0] < 1 or centroids.shape[1] < 1:
@@ -293,9 +301,7 @@ class HybridMemory(nn.Module):
 
     def _blend(self, rows: Tensor, samples: Tensor) -> None:
         """features[rows] = normalise(m * features[rows] + (1 - m) * samples); rows must be distinct."""
-        m = self.momentum
-        new = self.features.index_select(0, rows) * m + (1 - m) * samples
-        self.features.index_copy_(0, rows, new / new.norm(dim=1, keepdim=True))
+        momentum_blend(self.features, rows, samples, self.momentum)
 
     @torch.no_grad()
     def update(self, features: Tensor, labels: Tensor) -> None:

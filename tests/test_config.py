@@ -53,8 +53,10 @@ PER_PRESET = {
 }
 
 
-def test_six_presets_ship_inside_the_package():
-    assert preset_names() == ["demo", "duke", "duke-ibn", "market", "market-ibn", "msmt17"]
+def test_nine_presets_ship_inside_the_package():
+    assert preset_names() == [
+        "demo", "duke", "duke-ibn", "market", "market-ibn", "msmt17", "o2cap-duke", "o2cap-market", "o2cap-msmt17"
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(PER_PRESET))

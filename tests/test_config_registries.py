@@ -32,7 +32,7 @@ def test_every_pooling_builds_and_no_other_does():
         build_pooling("max")
 
 
-@pytest.mark.parametrize("mode", config.MEMORY_MODES)
+@pytest.mark.parametrize("mode", config.HYBRID_MODES)  # CAMERA_MODES: tests/test_camera_memory.py
 @pytest.mark.parametrize("loss_form", config.LOSS_FORMS)
 def test_every_memory_mode_and_loss_form_is_accepted(mode, loss_form):
     mem = HybridMemory(torch.eye(3, 4), mode=mode, loss_form=loss_form, num_instances=2)

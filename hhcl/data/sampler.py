@@ -128,3 +128,60 @@ def rank_slice(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
         raise ValueError(f"batch of {len(batch)} does not split evenly over {world_size} ranks")
     per = len(batch) // world_size
     return batch[rank * per : (rank + 1) * per]
+
+
+class ProxySampler(PKSampler):
+    """O2CAP's ``ClassUniformlySampler`` over camera-aware proxies (its ``train.py``: class = proxy label, k =
+    ``num_instances``): one pass visits every (cluster, camera) proxy in a random order and emits ``k`` of its
+    images, drawn without replacement when it has at least ``k``, else ``k`` from the proxy's list repeated ``k``
+    times and shuffled (the authors' ``value * k``). Passes are concatenated and each pass's tail dropped as in
+    :class:`PKSampler` (their DataLoader(drop_last) under IterLoader). Python's ``random.shuffle`` is replaced by
+    torch-generator draws with the same distribution; a pass is vectorised."""
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        camids: torch.Tensor,
+        *,
+        num_instances: int,
+        batch_size: int,
+        generator: torch.Generator,
+    ):
+        if labels.shape != camids.shape or labels.dim() != 1:
+            raise ValueError(
+                f"labels {tuple(labels.shape)} and camids {tuple(camids.shape)} must be equal 1-d shapes"
+            )
+        if num_instances < 1 or batch_size < 1:
+            raise ValueError(f"num_instances ({num_instances}) and batch_size ({batch_size}) must be >= 1")
+        if not same_device(generator.device, labels.device):
+            raise ValueError(f"the generator is on {generator.device} but the labels are on {labels.device}")
+        self.num_instances, self.batch_size, self.generator = num_instances, batch_size, generator
+        cams = camids.to(labels.device).long()
+        valid = torch.nonzero(labels >= 0).squeeze(1)
+        _, proxy = torch.unique(labels[valid] * (int(cams.max()) + 1) + cams[valid], return_inverse=True)
+        self.num_clusters = int(proxy.max()) + 1 if len(proxy) else 0  # here: proxies
+        sizes = torch.bincount(proxy, minlength=self.num_clusters)
+        copies = torch.where(sizes >= num_instances, 1, num_instances)[proxy]  # the authors' value * k
+        self.candidates = valid.repeat_interleave(copies)
+        self.candidate_proxy = proxy.repeat_interleave(copies)
+        if self.num_clusters * num_instances < batch_size:
+            raise ValueError(
+                f"one sampler pass yields {self.num_clusters * num_instances} images ({self.num_clusters} "
+                f"camera-aware proxies) but a batch needs {batch_size}: lower data.batch_size or get more clusters"
+            )
+        self._buffer = torch.empty(0, dtype=torch.long, device=labels.device)
+
+    def sample_pass(self) -> torch.Tensor:
+        """One pass: the proxies in a random order, ``k`` shuffled candidates of each."""
+        gen, dev, k = self.generator, self.candidates.device, self.num_instances
+        perm = torch.randperm(self.num_clusters, generator=gen, device=dev)
+        slot = torch.empty_like(perm)
+        slot[perm] = torch.arange(self.num_clusters, device=dev)
+        key = slot[self.candidate_proxy].double() * 2 + torch.rand(
+            len(self.candidates), generator=gen, device=dev, dtype=torch.float64
+        )
+        order = torch.argsort(key)
+        counts = torch.bincount(self.candidate_proxy, minlength=self.num_clusters)[perm]
+        starts = counts.cumsum(0) - counts
+        take = (starts[:, None] + torch.arange(k, device=dev)).flatten()
+        return self.candidates[order[take]]
