@@ -255,23 +255,27 @@ def prepare_synthetic(
     ids: int = 100,
     cams: int = 4,
     seed: int = 0,
+    camera_bias: float = 0.0,
     height: int = 128,
     width: int = 64,
     progress: bool = True,
 ) -> PrepareReport:
-    """Generate the synthetic people (Market layout, deterministic in ``seed``) under ``<root>/synthetic/`` and
-    cache them at ``height`` x ``width`` (default: the native 128x64). Regenerates only when the parameters change."""
-    from hhcl.data.synthetic import generate
+    """Generate the synthetic people (Market layout, deterministic in ``seed`` and ``camera_bias``, see
+    :mod:`hhcl.data.synthetic`) under ``<root>/synthetic/`` and cache them at ``height`` x ``width`` (default:
+    the native 128x64). The manifest's options record all four; regenerates only when they change."""
+    from hhcl.data.synthetic import check_camera_bias, generate
 
     start = time.perf_counter()
+    check_camera_bias(camera_bias)
     spec = get_spec("synthetic")
     base = Path(root) / "synthetic"
     top = base / spec.tops[0]
-    opts = {"ids": ids, "cams": cams, "seed": seed}
+    opts = {"ids": ids, "cams": cams, "seed": seed, "camera_bias": float(camera_bias)}
     manifest = read_manifest(Path(root), "synthetic")
-    fresh = not (manifest and manifest.get("options") == opts and has_layout(top, spec))
+    recorded = {"camera_bias": 0.0, **(manifest or {}).get("options", {})}  # data from before the knob: bias 0
+    fresh = not (manifest and recorded == opts and has_layout(top, spec))
     if fresh:
-        files = generate(ids, cams, seed)
+        files = generate(ids, cams, seed, camera_bias)
         tmp = top.with_name(top.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in ("bounding_box_train", "query", "bounding_box_test"):

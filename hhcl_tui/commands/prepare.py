@@ -48,6 +48,13 @@ def prepare(
     seed: Annotated[int, typer.Option(help="synthetic: generator seed; viper: id split seed")] = 0,
     ids: Annotated[int, typer.Option(help="synthetic: number of identities (half train, half test)")] = 100,
     cams: Annotated[int, typer.Option(help="synthetic: number of cameras (1-9)")] = 4,
+    camera_bias: Annotated[
+        float,
+        typer.Option(
+            help="synthetic: 0-1, how strongly each camera's colour cast and background differ "
+            "(0 = the default data; 1 = a camera's crops look more alike than one person's across cameras)"
+        ),
+    ] = 0.0,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Prepare a dataset under ROOT/DATASET: safe extraction, layout and count checks, decoding, uint8 cache."""
@@ -63,6 +70,7 @@ def prepare(
                 ids=ids,
                 cams=cams,
                 seed=seed,
+                camera_bias=camera_bias,
                 height=height or 128,
                 width=width or 64,
                 progress=progress,
