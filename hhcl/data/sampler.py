@@ -14,6 +14,18 @@ from __future__ import annotations
 import torch
 
 
+def _check_inputs(
+    labels: torch.Tensor, camids: torch.Tensor, num_instances: int, batch_size: int, generator: torch.Generator
+) -> None:
+    """The arguments both samplers share: equal 1-d label and camera shapes, positive sizes, one device."""
+    if labels.shape != camids.shape or labels.dim() != 1:
+        raise ValueError(f"labels {tuple(labels.shape)} and camids {tuple(camids.shape)} must be equal 1-d shapes")
+    if num_instances < 1 or batch_size < 1:
+        raise ValueError(f"num_instances ({num_instances}) and batch_size ({batch_size}) must be >= 1")
+    if not same_device(generator.device, labels.device):
+        raise ValueError(f"the generator is on {generator.device} but the labels are on {labels.device}")
+
+
 class PKSampler:
     """Endless deterministic stream of LongTensor [batch_size] batches of store indices (see module doc)."""
 
@@ -26,14 +38,7 @@ class PKSampler:
         batch_size: int,
         generator: torch.Generator,
     ):
-        if labels.shape != camids.shape or labels.dim() != 1:
-            raise ValueError(
-                f"labels {tuple(labels.shape)} and camids {tuple(camids.shape)} must be equal 1-d shapes"
-            )
-        if num_instances < 1 or batch_size < 1:
-            raise ValueError(f"num_instances ({num_instances}) and batch_size ({batch_size}) must be >= 1")
-        if not same_device(generator.device, labels.device):
-            raise ValueError(f"the generator is on {generator.device} but the labels are on {labels.device}")
+        _check_inputs(labels, camids, num_instances, batch_size, generator)
         self.num_instances, self.batch_size, self.generator = num_instances, batch_size, generator
         self.camids = camids.to(labels.device).long()
         valid = torch.nonzero(labels >= 0).squeeze(1)
@@ -147,14 +152,7 @@ class ProxySampler(PKSampler):
         batch_size: int,
         generator: torch.Generator,
     ):
-        if labels.shape != camids.shape or labels.dim() != 1:
-            raise ValueError(
-                f"labels {tuple(labels.shape)} and camids {tuple(camids.shape)} must be equal 1-d shapes"
-            )
-        if num_instances < 1 or batch_size < 1:
-            raise ValueError(f"num_instances ({num_instances}) and batch_size ({batch_size}) must be >= 1")
-        if not same_device(generator.device, labels.device):
-            raise ValueError(f"the generator is on {generator.device} but the labels are on {labels.device}")
+        _check_inputs(labels, camids, num_instances, batch_size, generator)
         self.num_instances, self.batch_size, self.generator = num_instances, batch_size, generator
         cams = camids.to(labels.device).long()
         valid = torch.nonzero(labels >= 0).squeeze(1)
