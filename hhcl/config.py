@@ -101,6 +101,8 @@ class OptimConfig:
     weight_decay: float = 5e-4
     step_size: int = 20
     gamma: float = 0.1
+    warmup_epochs: int = 0  # O2CAP: 10 epochs of linear warm-up from warmup_factor x lr (0 = none, as HHCL)
+    warmup_factor: float = 0.01
 
 
 @dataclass
@@ -383,6 +385,8 @@ def validate(cfg: Config) -> Config:
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _check(o.step_size >= 1, "optim.step_size", o.step_size, "must be at least 1")
     _check(0 < o.gamma <= 1, "optim.gamma", o.gamma, "must be in (0, 1]")
+    _check(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0 (0 = no warm-up)")
+    _check(0 < o.warmup_factor <= 1, "optim.warmup_factor", o.warmup_factor, "must be in (0, 1]")
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be at least 1")
     _check(t.iters >= 1, "train.iters", t.iters, "must be at least 1")
     _check(t.eval_every >= 1, "train.eval_every", t.eval_every, "must be at least 1")

@@ -50,6 +50,7 @@ from hhcl.run.labels import TRAIN_INDEX, save_epoch_labels, save_train_index
 from hhcl.run.layout import RunLayout
 from hhcl.run.lock import RunLock, this_host
 from hhcl.run.state import TrainingState
+from hhcl.schedule import lr_schedule
 
 LOG_EVERY = 10  # iterations between "step" events
 EVAL_STAGES = {"query": "extract_query", "gallery": "extract_gallery", "metrics": "eval_metrics"}  # progress names
@@ -173,9 +174,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.model.trainable_parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=cfg.optim.step_size, gamma=cfg.optim.gamma
-        )
+        self.scheduler = lr_schedule(self.optimizer, cfg.optim)
         self.net: nn.Module = self.model
         if self.info.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -222,7 +222,8 @@ def test_camera_modes_refuse_a_train_set_with_one_camera():
 
 
 # ---------------------------------------------------------------- tiny end-to-end runs
-O2CAP_TINY = ("memory.mode=O2CAP", "memory.temp=0.07", "memory.momentum=0.2", "memory.bg_knn=5", "model.bn_group=0")
+O2CAP_TINY = ("memory.mode=O2CAP", "memory.temp=0.07", "memory.momentum=0.2", "memory.bg_knn=5", "model.bn_group=0",
+              "optim.warmup_epochs=3")  # the resume lands mid warm-up
 
 
 class _StopAt(Hook):
