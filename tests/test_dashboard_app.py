@@ -48,9 +48,15 @@ async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 20.0
     assert condition(), "timed out waiting for the dashboard"
 
 
+# A stand-in training process. Like the engine (hhcl/ending.py) it installs its own SIGINT handler: a process
+# started in the background by a non-interactive shell (CI) inherits SIGINT ignored, and Python keeps it so.
+SLEEPER = "import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); " \
+          "print('ready', flush=True); time.sleep(60)"
+
+
 def sleeper() -> subprocess.Popen:
     """A stand-in training process in its own session, up and waiting when this returns."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+    process = subprocess.Popen([sys.executable, "-c", SLEEPER],
                                start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert process.stdout is not None and process.stdout.readline() == "ready\n"  # a SIGINT during start-up is lost
     return process
@@ -303,8 +309,7 @@ def test_run_dashboard_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     done = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     done.wait(timeout=20)
     assert dashboard.run_dashboard(run_dir, done) == 1
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True,
-                            stderr=subprocess.DEVNULL)
+    live = sleeper()
     try:
         choice["value"] = LEAVE
         assert dashboard.run_dashboard(run_dir, live) == 0 and live.poll() is None
