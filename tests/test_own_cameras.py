@@ -337,3 +337,17 @@ def test_eval_of_a_copied_run_names_the_missing_root_and_the_override(two_roots,
     data, shown = _eval_json([str(copied), "--root", str(recorded)], tmp_path / "c.json")
     assert data["data_root"] == str(recorded) and data["data_root_from"] == "override"
     assert f"data: {recorded}/synthetic (--root)" in shown
+
+
+def test_dry_run_refuses_camera_aware_memory_on_one_camera(tmp_path, own_run) -> None:
+    """O2CAP and memory.camera_aware split clusters by camera: a one-camera folder dataset is refused by the dry
+    run with the training's own message, a multi-camera one passes."""
+    write_crops(tmp_path / "crops", cams=1, labelled=False)
+    prepare_dataset("folder", tmp_path / "crops", tmp_path / "one", progress=False, **HW)
+    args = ["train", "--preset", "demo", "--runs-dir", str(tmp_path), "--dry-run", *sets(*RUN_SETS)]
+    for key in ("memory.mode=O2CAP", "memory.camera_aware=true"):
+        result = runner.invoke(app, [*args, "--set", key, "--root", str(tmp_path / "one")])
+        assert result.exit_code == 2, result.output
+        assert "needs camera ids" in words(result) and "--cam-pattern" in words(result)
+        assert runner.invoke(app, [*args, "--set", key, "--root", str(own_run[0])]).exit_code == 0
+    assert runner.invoke(app, [*args, "--root", str(tmp_path / "one")]).exit_code == 0  # HHCL needs no cameras

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.syntax import Syntax
 
-from hhcl.config import Config, ConfigError
+from hhcl.config import CAMERA_MODES, Config, ConfigError
 from hhcl.run.layout import RunDirError, RunLayout, default_run_name, plan_run_dir
 from hhcl.run.lock import RunLockedError, check_free
 from hhcl_tui.common import console, data_root, fail, resolve_config
@@ -130,9 +130,21 @@ def _dataset_check(cfg: Config) -> str:
     from hhcl.data.prepare import check_prepared
 
     try:
-        return check_prepared(cfg.data.dataset, cfg.data.root, height=cfg.data.height, width=cfg.data.width)
+        summary = check_prepared(cfg.data.dataset, cfg.data.root, height=cfg.data.height, width=cfg.data.width)
     except (DatasetNotFoundError, DatasetFormatError) as err:
         raise fail(f"the dry run's dataset is not ready: {err}") from None
+    if cfg.memory.mode in CAMERA_MODES or cfg.memory.camera_aware:  # the training's own camera check, up front
+        import torch
+
+        from hhcl.data import build_dataset
+        from hhcl.epoch import camera_ids
+
+        camids = torch.tensor([s.camid for s in build_dataset(cfg.data.dataset, cfg.data.root).train])
+        try:
+            camera_ids(cfg, camids, torch.device("cpu"))
+        except ConfigError as err:
+            raise fail(str(err)) from None
+    return summary
 
 
 def _with_root(sets: list[str] | None, root: Path | None) -> list[str]:
