@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from hhcl.cluster.quality import LabelQuality, label_quality
 from hhcl.config import load_config
+from hhcl.data.store import upright_rgb
 from hhcl.run.atomic import atomic_write_bytes, atomic_write_text
 from hhcl.run.labels import LabelsError, load_epoch_labels, read_train_index
 from hhcl.run.layout import RunLayout
@@ -71,7 +72,7 @@ def _font(size: int = 12) -> ImageFont.ImageFont:
 def _open(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return upright_rgb(img)
     except (OSError, ValueError, SyntaxError) as err:
         raise ValueError(f"cannot read image '{path}' for the contact sheet ({err}); restore or replace the file") from None
 

@@ -35,6 +35,37 @@ LOSS_FORMS = ("reference", "paper")
 AMP_MODES = ("off", "bf16", "fp16")
 
 
+#: (lowest, highest, what the range means) of every integer key: ``validate`` refuses a value outside it before
+#: anything is allocated, naming the key, the value and the range. Each top is far above any setting in use (the
+#: paper's, in brackets) yet below what would exhaust a machine or overflow a seed; what depends on the machine
+#: (a cache against the data root's free disk space) is checked by ``hhcl train --dry-run`` and before a cache
+#: is written (hhcl.data.store.require_cache_space).
+INT_BOUNDS: dict[str, tuple[int, int, str]] = {
+    "data.height": (32, 4096, "16x the paper's 256: a cache holds images x 3 x height x width bytes"),
+    "data.width": (32, 4096, "32x the paper's 128: a cache holds images x 3 x height x width bytes"),
+    "data.batch_size": (2, 16384, "64x the paper's 256, the global batch over all processes"),
+    "data.num_instances": (1, 1024, "images per identity in a batch (the paper's 16)"),
+    "data.workers": (0, 1024, "decoding threads, 0 = the calling thread; more than any machine has cores"),
+    "model.num_features": (
+        0,
+        16384,
+        "0 = no embedding layer; 8x ResNet-50's 2048, where the features of MSMT17's 126,441 images take 8.3 GB",
+    ),
+    "model.bn_group": (0, 16384, "0 = ordinary BN, else a divisor of data.batch_size (the paper's 64)"),
+    "cluster.k1": (2, 1000, "neighbours of the k-reciprocal sets (the paper's 30), whose cost grows as k1^2"),
+    "cluster.k2": (1, 1000, "neighbours of the query expansion (the paper's 6), at most cluster.k1"),
+    "cluster.min_samples": (1, 1000, "DBSCAN's core-point neighbours (the paper's 4)"),
+    "memory.bg_knn": (1, 10000, "hard negative proxies per sample (O2CAP's 50)"),
+    "memory.pos_k": (1, 1000, "online positive proxies (O2CAP's 3)"),
+    "optim.step_size": (1, 10000, "epochs between learning-rate decays (the paper's 20)"),
+    "optim.warmup_epochs": (0, 10000, "warm-up epochs, 0 = none (O2CAP's 10)"),
+    "train.epochs": (1, 10000, "167x the paper's 60; a run is extended with --resume --set train.epochs=N"),
+    "train.iters": (1, 100000, "iterations per epoch (the paper's 200 to 400)"),
+    "train.eval_every": (1, 10000, "epochs between evaluations (the paper's 10)"),
+    "train.seed": (0, 2**32 - 1, "NumPy's seed range; the torch generators' 64-bit seeds are derived from it"),
+}
+
+
 class ConfigError(ValueError):
     """A bad config key or value; the message names the key, the value and what is allowed."""
 
@@ -307,29 +338,33 @@ def _check_finite(cfg: Config) -> None:
                 )
 
 
+def _check_bounds(cfg: Config) -> None:
+    """Refuse an integer key outside its :data:`INT_BOUNDS` range, naming the range, what it means and an example
+    (a seed past 64 bits, a 6400000-pixel image or a 10**9-wide embedding would otherwise fail deep in a run)."""
+    for dotted, (low, high, meaning) in INT_BOUNDS.items():
+        value = cfg.get(dotted)
+        _check(
+            low <= value <= high,
+            dotted,
+            value,
+            f"must be between {low} and {high} ({meaning}), e.g. {DEFAULT.get(dotted)}",
+        )
+
+
 def validate(cfg: Config) -> Config:
     """Check every value; raises :class:`ConfigError` on the first bad one. Returns ``cfg``."""
     d, m, c, mem, o, t = cfg.data, cfg.model, cfg.cluster, cfg.memory, cfg.optim, cfg.train
     _check_finite(cfg)
+    _check_bounds(cfg)
     _choice("data.dataset", d.dataset, DATASETS)
-    _check(
-        d.height >= 32 and d.height % 16 == 0,
-        "data.height",
-        d.height,
-        "must be a multiple of 16 and at least 32",
-    )
-    _check(
-        d.width >= 32 and d.width % 16 == 0, "data.width", d.width, "must be a multiple of 16 and at least 32"
-    )
-    _check(d.num_instances >= 1, "data.num_instances", d.num_instances, "must be at least 1")
-    _check(d.batch_size >= 2, "data.batch_size", d.batch_size, "must be at least 2")
+    _check(d.height % 16 == 0, "data.height", d.height, "must be a multiple of 16")
+    _check(d.width % 16 == 0, "data.width", d.width, "must be a multiple of 16")
     _check(
         d.batch_size % d.num_instances == 0,
         "data.batch_size",
         d.batch_size,
         f"must be a multiple of data.num_instances ({d.num_instances}), e.g. {d.num_instances * max(1, d.batch_size // d.num_instances)}",
     )
-    _check(d.workers >= 0, "data.workers", d.workers, "must be 0 or more")
     _choice("model.arch", m.arch, ARCHS)
     _choice("model.pooling", m.pooling, POOLINGS)
     if m.pretrained not in ("imagenet", "none"):
@@ -341,11 +376,7 @@ def validate(cfg: Config) -> Config:
             m.pretrained,
             "use imagenet, none, a run directory, or a path to a .pth, .pth.tar or .safetensors file",
         )
-    _check(
-        m.num_features >= 0, "model.num_features", m.num_features, "must be 0 (no embedding layer) or more"
-    )
     _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
-    _check(m.bn_group >= 0, "model.bn_group", m.bn_group, "must be 0 (ordinary BN) or a group size")
     if m.bn_group > 0:
         _check(
             d.batch_size % m.bn_group == 0,
@@ -353,10 +384,8 @@ def validate(cfg: Config) -> Config:
             m.bn_group,
             f"must divide data.batch_size ({d.batch_size}); the paper presets use 64 with batch 256",
         )
-    _check(c.k1 >= 2, "cluster.k1", c.k1, "must be at least 2")
-    _check(1 <= c.k2 <= c.k1, "cluster.k2", c.k2, f"must be between 1 and cluster.k1 ({c.k1})")
+    _check(c.k2 <= c.k1, "cluster.k2", c.k2, f"must be between 1 and cluster.k1 ({c.k1})")
     _check(c.eps == "auto" or 0.0 < c.eps < 1.0, "cluster.eps", c.eps, 'must be in (0, 1) (a Jaccard distance) or "auto"')
-    _check(c.min_samples >= 1, "cluster.min_samples", c.min_samples, "must be at least 1")
     _choice("cluster.knn_backend", c.knn_backend, KNN_BACKENDS)
     check_memory(
         mode=mem.mode,
@@ -383,13 +412,8 @@ def validate(cfg: Config) -> Config:
     )
     _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    _check(o.step_size >= 1, "optim.step_size", o.step_size, "must be at least 1")
     _check(0 < o.gamma <= 1, "optim.gamma", o.gamma, "must be in (0, 1]")
-    _check(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0 (0 = no warm-up)")
     _check(0 < o.warmup_factor <= 1, "optim.warmup_factor", o.warmup_factor, "must be in (0, 1]")
-    _check(t.epochs >= 1, "train.epochs", t.epochs, "must be at least 1")
-    _check(t.iters >= 1, "train.iters", t.iters, "must be at least 1")
-    _check(t.eval_every >= 1, "train.eval_every", t.eval_every, "must be at least 1")
     _check(
         t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
         "train.device",

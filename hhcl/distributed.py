@@ -160,6 +160,13 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank (a collective: every rank must call it at the same point)."""
+    if get_world_size() == 1:
+        return flag
+    return bool(all_gather_cat(torch.tensor([float(flag)], device=device)).max().item() > 0)
+
+
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Overwrite ``tensor`` in place with rank ``src``'s copy and return it (identity without a group)."""
     if get_world_size() > 1:

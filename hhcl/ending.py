@@ -1,13 +1,14 @@
-"""How a run ends: stop signals (SIGINT, SIGTERM) and failures turned into a recorded, explained ending.
+"""How a run ends: stop signals (SIGINT, SIGTERM, SIGHUP) and failures turned into a recorded, explained ending.
 
-Every way out of ``Trainer.fit`` becomes an :class:`Ending`: finished, interrupted (first Ctrl-C or SIGTERM:
-after the current step, with a checkpoint; a second one: at once), or an error with what happened, where, and
-what to try. The exit code follows the CLI's contract: 0 ok, 1 failure, 2 usage/config, 130 Ctrl-C, 143 SIGTERM.
+Every way out of ``Trainer.fit`` becomes an :class:`Ending`: finished, interrupted (first Ctrl-C, SIGTERM or
+SIGHUP: after the current step or set-up stage; a second one: at once), or an error with what happened, where,
+and what to try. The exit code follows the CLI's contract: 0 ok, 1 failure, 2 usage/config, 130 Ctrl-C,
+143 SIGTERM, 129 SIGHUP.
 """
 
 from __future__ import annotations
 
-import errno
+import os
 import signal
 import threading
 import traceback
@@ -20,12 +21,14 @@ import torch
 from hhcl.checkpoint import CheckpointError
 from hhcl.config import ConfigError
 from hhcl.data import CorruptImageError, DatasetFormatError, DatasetNotFoundError
+from hhcl.diskspace import DISK_FULL
 from hhcl.epoch import TrainingError
 from hhcl.models import WeightsNotFoundError
 from hhcl.run.checkpoint import ResumeError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGHUP = 0, 1, 2, 130, 143, 129
+#: the signals that ask a run to stop, and the exit code each one leaves (the shell's 128 + signal number)
+STOP_SIGNALS = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM, signal.SIGHUP: EXIT_SIGHUP}
 
 
 @dataclass
@@ -48,10 +51,12 @@ class _Stoppable(Protocol):
 
 
 class StopSignals:
-    """SIGINT and SIGTERM ask ``target`` to stop after the current step; a second signal interrupts at once.
+    """SIGINT, SIGTERM and SIGHUP ask ``target`` to stop after the current step; a second signal interrupts at once.
 
     Installed only in the main thread (signal handlers cannot be set elsewhere); the previous handlers come
-    back on exit. ``exit_code`` is 143 once SIGTERM was received, else 130.
+    back on exit. ``exit_code`` is 143 once SIGTERM was received, 129 once SIGHUP was (and no SIGTERM), else 130.
+    SIGHUP means the terminal is gone: the standard streams that were a terminal are pointed at /dev/null, so
+    the run's own output (still in ``log.txt``) cannot fail it on the way to its checkpoint.
     """
 
     def __init__(self, target: _Stoppable) -> None:
@@ -59,24 +64,40 @@ class StopSignals:
         self.exit_code = EXIT_SIGINT
         self._settled = False
         self._previous: dict[int, Any] = {}
+        self._terminal_fds: list[int] = []
 
     def settle(self) -> None:
         """From now on signals are noted but interrupt nothing (the run is recording how it ended)."""
         self._settled = True
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            self._detach_terminal()
         if self._settled:
             return
         first = not self.target.stop_requested
-        if signum == signal.SIGTERM:
-            self.exit_code = EXIT_SIGTERM
+        if signum != signal.SIGINT and self.exit_code != EXIT_SIGTERM:
+            self.exit_code = STOP_SIGNALS[signal.Signals(signum)]
         if not first:
             raise KeyboardInterrupt
         self.target.stop_requested = True
 
+    def _detach_terminal(self) -> None:
+        """Point the standard streams that were a terminal at /dev/null (writes to a hung-up one fail with EIO)."""
+        if not self._terminal_fds:
+            return
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            for fd in self._terminal_fds:
+                os.dup2(null, fd)
+        finally:
+            os.close(null)
+        self._terminal_fds = []
+
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            self._terminal_fds = [fd for fd in (1, 2) if _isatty(fd)]
+            for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -84,6 +105,13 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
 
 
 def describe_failure(err: BaseException, stage: str, run_dir: Path) -> Ending:
@@ -99,13 +127,15 @@ def describe_failure(err: BaseException, stage: str, run_dir: Path) -> Ending:
         return Ending("error", text, "", kind, EXIT_FAILURE, resume=False)
     if isinstance(err, CheckpointError | CorruptImageError):
         return Ending("error", text, "", kind, EXIT_FAILURE)
-    if isinstance(err, OSError) and err.errno in _DISK_FULL:
+    if isinstance(err, OSError) and err.errno in DISK_FULL:
         where = f" ({err.filename})" if err.filename else ""
+        in_run = err.filename is None or Path(os.path.abspath(err.filename)).is_relative_to(os.path.abspath(run_dir))
+        disk = run_dir if in_run else Path(err.filename).parent  # a cache on the data root's disk, say
+        kept = "; the previous checkpoint is intact" if in_run else ""
         return Ending(
             "error",
             f"the disk is full or a file size limit was reached{where}: {err.strerror or text}",
-            f"free space under {run_dir} (or raise the limit), then continue with: hhcl train --resume {run_dir}; "
-            "the previous checkpoint is intact",
+            f"free space under {disk} (or raise the limit), then continue with: hhcl train --resume {run_dir}{kept}",
             kind,
             EXIT_FAILURE,
         )

@@ -25,12 +25,13 @@ from hhcl.config import Config, ConfigError, validate
 from hhcl.data import ReIDDataset, build_dataset, open_split
 from hhcl.data.augment import TrainAugment, scaled_pad
 from hhcl.data.sampler import rank_slice
+from hhcl.data.store import require_cache_space
 from hhcl.ending import Ending, StopSignals, describe_failure
-from hhcl.epoch import EpochSetup, EpochState, StageProgress, TrainingError, seed_everything
+from hhcl.epoch import EpochSetup, EpochState, StageProgress, StopRequested, TrainingError, seed_everything
 from hhcl.evaluate import evaluate
 from hhcl.models import Pretrained, build_model, resolve_pretrained
 from hhcl.run.atomic import atomic_write_text
-from hhcl.run.checkpoint import Checkpointer, recover
+from hhcl.run.checkpoint import Checkpointer, checkpoint_position, recover, resume_epochs_error
 from hhcl.run.events import (
     HEARTBEAT_SECONDS,
     Checkpoint,
@@ -48,7 +49,7 @@ from hhcl.run.events import (
 from hhcl.run.faults import fault_point
 from hhcl.run.labels import TRAIN_INDEX, save_epoch_labels, save_train_index
 from hhcl.run.layout import RunLayout
-from hhcl.run.lock import RunLock, this_host
+from hhcl.run.lock import RunLock, this_process
 from hhcl.run.state import TrainingState
 from hhcl.schedule import lr_schedule
 
@@ -133,6 +134,7 @@ class Trainer:
         self.best_mAP, self.best_epoch = 0.0, -1
         self.start_epoch, self.start_iter = 0, 0
         self._saved: TrainingState | None = None
+        self.checkpoint_at: tuple[int, int] | None = None  # the position of the checkpoint on disk, once known
         self.notes: list[str] = []  # what the run found and did before starting (told in run_start)
         self.epochs_done = 0
 
@@ -159,11 +161,15 @@ class Trainer:
             )
         self.stage = "opening the dataset"
         self.dataset: ReIDDataset = build_dataset(cfg.data.dataset, cfg.data.root)
+        if cfg.data.cache and self.main:  # every split's missing cache against the free space, before a byte of any
+            splits = {s: self.dataset.split(s) for s in ("train", "query", "gallery")}
+            require_cache_space(self.dataset.root, splits, cfg.data.height, cfg.data.width)
         size = {"height": cfg.data.height, "width": cfg.data.width, "device": self.device, "cache": cfg.data.cache,
                 "workers": cfg.data.workers}
         self.train_store = open_split(self.dataset, "train", **size)
         self.query_store = open_split(self.dataset, "query", **size) if self.dataset.query else None
         self.gallery_store = open_split(self.dataset, "gallery", **size) if self.dataset.gallery else None
+        self._startup_boundary("dataset")
         self.stage = "building the model"
         m = cfg.model
         self.model: nn.Module = build_model(
@@ -191,9 +197,22 @@ class Trainer:
             self.layout, self.model, self.optimizer, self.scheduler, self.scaler, cfg, enabled=self.main
         )
         keep = self._keep_labels if self.main else None
-        self.epochs = EpochSetup(cfg, self.model, self.train_store, self.device, self.info, self.emit, keep_labels=keep)
+        self.epochs = EpochSetup(
+            cfg, self.model, self.train_store, self.device, self.info, self.emit, keep_labels=keep,
+            stop_asked=lambda: self.stop_requested,
+        )
+        self._startup_boundary("model")
         if self.resume:
             self._load_resume_point()
+            self._startup_boundary("checkpoint")
+        if self.main and self.resume:  # written once the checkpoint (if any) accepted the config
+            atomic_write_text(self.layout.config, self.cfg.to_toml())
+
+    def _startup_boundary(self, name: str) -> None:
+        """A boundary between start-up stages: a stop asked so far ends the run here (``startup:<name>`` fault)."""
+        fault_point(f"startup:{name}")
+        if dist.any_rank(self.stop_requested, self.device):
+            raise StopRequested(self.stage)
 
     def _keep_labels(self, epoch: int, labels: torch.Tensor) -> None:
         """Keep this epoch's pseudo labels in the run directory (and, once, the train images they index)."""
@@ -210,7 +229,11 @@ class Trainer:
         if saved is None:
             self.notes.append(f"no checkpoint in {self.layout.checkpoints} yet: starting the run from the beginning")
             return
+        problem = resume_epochs_error(self.cfg.train.epochs, saved.epoch, saved.iter, self.layout.config)
+        if problem:
+            raise ConfigError(problem)
         self.checkpointer.restore(saved)
+        self.checkpoint_at = (saved.epoch, saved.iter)
         self.best_mAP, self.best_epoch = saved.best_mAP, saved.best_epoch
         self.start_epoch, self.start_iter = saved.epoch, saved.iter
         self.epochs.auto_eps = saved.cluster_eps  # cluster.eps = auto: the run keeps the eps it chose first
@@ -283,10 +306,7 @@ class Trainer:
         window.reset()
 
     def _should_stop(self) -> bool:
-        if self.info.world_size == 1:
-            return self.stop_requested
-        flag = torch.tensor([float(self.stop_requested)], device=self.device)
-        return bool(dist.all_gather_cat(flag).max().item() > 0)
+        return dist.any_rank(self.stop_requested, self.device)
 
     def run_eval(self, epoch: int) -> dict[str, Any] | None:
         """Query/gallery evaluation on rank 0 (others wait); returns the metrics or None without a test set."""
@@ -333,6 +353,8 @@ class Trainer:
         written = self.checkpointer.save(
             epoch, it, self.best_mAP, self.best_epoch, is_best=is_best, mid_epoch=mid, cluster_eps=self.epochs.auto_eps
         )
+        if self.main:
+            self.checkpoint_at = (epoch, it)
         for path in written:
             self.emit(Checkpoint(epoch=epoch, iter=it, path=path, is_best=path.endswith("best.safetensors")))
 
@@ -344,10 +366,10 @@ class Trainer:
         self._emit_run_start()
         last_eval: dict[str, Any] | None = None
         self.epochs_done = self.start_epoch
+        fault_point("startup:run-start")
         for epoch in range(self.start_epoch, cfg.train.epochs):
-            if self._should_stop():  # asked to stop during set-up: no need to cluster and train a step first
-                self.save_checkpoint(epoch, 0)
-                return self._interrupted(epoch, 0, last_eval)
+            if epoch == self.start_epoch:
+                self.epochs.check_stop("starting")
             self.emit(EpochStart(epoch=epoch, lr=self.optimizer.param_groups[0]["lr"]))
             self.stage = f"setting up {epoch_label(epoch, cfg.train.epochs)} (features, clustering)"
             saved = self._saved if epoch == self.start_epoch else None
@@ -371,15 +393,35 @@ class Trainer:
     def _interrupted(self, epoch: int, it: int, last_eval: dict[str, Any] | None) -> Ending:
         """The ending of a requested stop at position (epoch, it), after the checkpoint was written."""
         epochs, iters = self.cfg.train.epochs, self.cfg.train.iters
-        if it:
-            done = f"after {epoch_label(epoch, epochs)} {iter_label(it - 1, iters)}"
-        else:
-            done = f"after {epoch_label(epoch - 1, epochs)}" if epoch > self.start_epoch else f"before {epoch_label(epoch, epochs)}"
+        done = f"after {epoch_label(epoch, epochs)} {iter_label(it - 1, iters)}" if it else f"after {epoch_label(epoch - 1, epochs)}"
         return Ending(
             "interrupted",
             message=f"stopped {done} with a checkpoint; continue with: hhcl train --resume {self.run_dir}",
             epochs_done=epoch,
             last_eval=last_eval,
+            exit_code=self.signals.exit_code,
+        )
+
+    def _stopped_before_training(self, where: str) -> Ending:
+        """The ending of a stop asked before this process trained a step: nothing new to keep, so no checkpoint is
+        written; the one on disk (if any) is still the position to continue from."""
+        resume = f"hhcl train --resume {self.run_dir}"
+        at = self.checkpoint_at or (checkpoint_position(self.layout) if self.main else None)  # before it was read
+        if at is None and self.main and self.layout.has_checkpoint():
+            kept = "the last checkpoint is kept"
+        elif at is None:
+            kept = "there is no checkpoint yet, so the run starts from the beginning"
+        else:
+            epoch, it = at
+            cfg = self.cfg.train
+            at = f"{epoch_label(epoch, cfg.epochs)} {iter_label(it, cfg.iters)}" if it else (
+                f"the start of {epoch_label(epoch, cfg.epochs)}" if epoch < cfg.epochs else "the end of training"
+            )
+            kept = f"the checkpoint at {at} is kept"
+        return Ending(
+            "interrupted",
+            message=f"stopped while {where}, before training any step: {kept}; continue with: {resume}",
+            epochs_done=at[0] if at else 0,
             exit_code=self.signals.exit_code,
         )
 
@@ -400,8 +442,7 @@ class Trainer:
                 start_iter=self.start_iter,
                 resumed=self._saved is not None,
                 notes=self.notes,
-                pid=os.getpid(),
-                host=this_host(),
+                **this_process(),
             )
         )
 
@@ -413,18 +454,21 @@ class Trainer:
         the current step with a checkpoint; a second one stops at once. Errors become an ``error`` event.
         """
         t0 = time.time()
-        self.pretrained = self._resolve_pretrained()  # before the run directory exists: a failure leaves none
-        lock = RunLock(self.layout.lock)
-        if self.main:
-            lock.acquire()
-            if lock.took_over is not None:
-                self.notes.append(f"took over the lock of {lock.took_over.describe()}: that process is gone")
-        try:
-            with StopSignals(self) as self.signals:
+        with StopSignals(self) as self.signals:  # from the start: a stop at any moment is honoured and recorded
+            self.pretrained = self._resolve_pretrained()  # before the run directory exists: a failure leaves none
+            lock = RunLock(self.layout.lock)
+            if self.main:
+                lock.acquire()
+                if lock.took_over is not None:
+                    self.notes.append(f"took over the lock of {lock.took_over.describe()}: that process is gone")
+            try:
                 try:
                     self._open_run()
+                    self._startup_boundary("open")
                     with self.events.heartbeat(HEARTBEAT_SECONDS):
                         ending = self._loop()
+                except StopRequested as stop:
+                    ending = self._stopped_before_training(stop.where)
                 except KeyboardInterrupt:
                     ending = Ending(
                         "interrupted",
@@ -438,9 +482,9 @@ class Trainer:
                     ending.epochs_done = self.epochs_done
                 self.signals.settle()  # the ending is decided: a further Ctrl-C must not cut its record short
                 return self._finish(ending, t0)
-        finally:
-            self.events.close()
-            lock.release()
+            finally:
+                self.events.close()
+                lock.release()
 
     def _resolve_pretrained(self) -> Pretrained:
         """The weights the model starts from (resuming a checkpoint: none, the checkpoint holds them); raises
@@ -460,7 +504,8 @@ class Trainer:
         self.stage = "opening the run directory"
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self.events = EventWriter(self.layout.events)
-        atomic_write_text(self.layout.config, self.cfg.to_toml())
+        if not self.resume:  # a resume writes its config once the checkpoint accepted it (_setup)
+            atomic_write_text(self.layout.config, self.cfg.to_toml())
         self.notes += recover(self.layout)
 
     def _finish(self, ending: Ending, t0: float) -> FitResult:

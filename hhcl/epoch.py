@@ -20,7 +20,7 @@ from torch import nn
 
 from hhcl import distributed as dist
 from hhcl.camera_memory import CameraAwareHybrid, CameraMemory
-from hhcl.cluster import pseudo_labels
+from hhcl.cluster import PseudoLabels, pseudo_labels
 from hhcl.cluster.auto_eps import auto_eps
 from hhcl.cluster.quality import label_quality
 from hhcl.config import CAMERA_MODES, Config, ConfigError
@@ -28,6 +28,7 @@ from hhcl.data.sampler import PKSampler, ProxySampler
 from hhcl.evaluate import extract_features
 from hhcl.memory import HybridMemory
 from hhcl.run.events import CLUSTER_STEPS, Cluster, Event, Progress
+from hhcl.run.faults import fault_point
 from hhcl.run.state import TrainingState
 
 #: a stage's ``progress`` events come at most this often (its start and its end aside), in seconds
@@ -81,6 +82,22 @@ class StageProgress:
 
 class TrainingError(RuntimeError):
     """A run cannot go on (no clusters, non-finite loss); the message says what happened and what to try."""
+
+
+class StopRequested(Exception):  # noqa: N818 - a request, not an error
+    """A stop (SIGINT, SIGTERM, SIGHUP) was asked during a long set-up stage; raised at the stage's next boundary
+    (a batch of extraction, a clustering sub-stage), so the run ends within one such unit, not after a step.
+
+    ``where`` says what was being done. Nothing was trained since the checkpoint on disk, so none is written.
+    """
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
+#: the labels rank 0 broadcasts instead of pseudo labels when it was stopped while clustering (under DDP)
+_STOPPED = -2
 
 
 def seed_everything(seed: int) -> None:
@@ -146,9 +163,11 @@ class EpochSetup:
         info: dist.DistInfo,
         emit: Callable[[Event], None],
         keep_labels: Callable[[int, torch.Tensor], None] | None = None,
+        stop_asked: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cfg, self.model, self.train_store = cfg, model, train_store
         self.device, self.info, self.emit = device, info, emit
+        self.stop_asked = stop_asked  # this process was asked to stop (a signal): honoured at stage boundaries
         self.keep_labels = keep_labels  # rank 0: writes each epoch's pseudo labels into the run directory
         self.auto_eps: float | None = None  # cluster.eps = auto: chosen at the run's first clustering, then kept
         self.identities = train_identities(train_store.pids)
@@ -162,18 +181,30 @@ class EpochSetup:
             memory = self._memory(labels, None, epoch)
             memory.load_state_dict(saved.memory)
             state = EpochState(labels, memory, self._sampler(labels, epoch), self._aug_gen(epoch), self.camids)
+            fault_point(f"setup:{epoch}:replay")
             for _ in range(saved.iter):  # replay the batch stream to where it stopped
                 next(state.sampler)
             state.aug_gen.set_state(saved.aug_gen)
+            self.check_stop("restoring the epoch's labels and memory")
             return state, saved.iter
         t0 = time.perf_counter()
         features = self.extract_train_features(epoch)
+        self.check_stop("extracting train features")
         labels = self.cluster(epoch, features, time.perf_counter() - t0)
+        fault_point(f"setup:{epoch}:DBSCAN")
+        self.check_stop("clustering")
         progress = self._progress(epoch, "memory", 1)
         memory = self._memory(labels, features, epoch)
         if progress is not None:
             progress(1, 1)
+        fault_point(f"setup:{epoch}:memory")
+        self.check_stop("building the memory")
         return EpochState(labels, memory, self._sampler(labels, epoch), self._aug_gen(epoch), self.camids), 0
+
+    def check_stop(self, where: str) -> None:
+        """Raise :class:`StopRequested` if any rank was asked to stop (a collective: every rank calls it here)."""
+        if dist.any_rank(self.stop_asked(), self.device):
+            raise StopRequested(where)
 
     def _progress(self, epoch: int, stage: str, total: int) -> StageProgress | None:
         """A started stage's reporter on rank 0 (the only rank that writes events), None elsewhere."""
@@ -195,9 +226,20 @@ class EpochSetup:
         per = math.ceil(n / world)
         shard = _Shard(self.train_store, min(rank * per, n), min((rank + 1) * per, n))
         progress = self._progress(epoch, "extract_train", len(shard))
-        feats = extract_features(
-            self.model, shard, batch_size=self.cfg.data.batch_size, amp=self.cfg.train.amp, progress=progress
-        )
+        batch = self.cfg.data.batch_size
+        common = math.ceil(max(n - (world - 1) * per, 0) / batch)  # batches every rank runs (the last shard is shortest)
+        batches = iter(range(1, common + 1))
+
+        def after_batch(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done, total)
+            b = next(batches, None)
+            if b is not None:  # a stop is honoured after any batch all ranks reach
+                if b == 1:
+                    fault_point(f"setup:{epoch}:extract")
+                self.check_stop("extracting train features")
+
+        feats = extract_features(self.model, shard, batch_size=batch, amp=self.cfg.train.amp, progress=after_batch)
         if world > 1:
             padded = feats.new_zeros(per, feats.shape[1])
             padded[: len(feats)] = feats
@@ -215,14 +257,19 @@ class EpochSetup:
             labels = torch.empty(n, dtype=torch.long, device=self.device)
             progress = self._progress(epoch, "cluster", len(CLUSTER_STEPS))
             if progress is not None:  # rank 0
-                c = cfg.cluster
-                result = pseudo_labels(
-                    features, k1=c.k1, k2=c.k2, eps=self.eps(features), min_samples=c.min_samples, knn_backend=c.knn_backend
-                )
-                labels = result.labels.to(self.device)
-                seconds.update(result.seconds)
-                self._report_cluster_steps(progress, result.seconds)
+                try:
+                    result = self._pseudo_labels(epoch, features)
+                except StopRequested:
+                    if self.info.world_size == 1:
+                        raise
+                    labels.fill_(_STOPPED)  # the other ranks wait in the broadcast: tell them
+                else:
+                    labels = result.labels.to(self.device)
+                    seconds.update(result.seconds)
+                    self._report_cluster_steps(progress, result.seconds)
             labels = dist.broadcast(labels, src=0)
+            if self.info.world_size > 1 and n and int(labels[0].item()) == _STOPPED:
+                raise StopRequested("clustering")
         n_clusters = int(labels.max().item()) + 1 if (labels >= 0).any() else 0
         n_outliers = int((labels < 0).sum().item())
         quality = None
@@ -252,6 +299,22 @@ class EpochSetup:
                 f"a smaller cluster.min_samples ({cfg.cluster.min_samples}), or pretrained weights (model.pretrained=imagenet)."
             )
         return labels
+
+    def _pseudo_labels(self, epoch: int, features: torch.Tensor) -> PseudoLabels:
+        """Rank 0's clustering; a stop asked of this process is honoured before it and after each sub-stage."""
+
+        def after_step(name: str) -> None:
+            fault_point(f"setup:{epoch}:{name}")
+            if self.stop_asked():  # rank 0 alone clusters: a local check (cluster() tells the other ranks)
+                raise StopRequested(f"clustering ({name} done)")
+
+        c = self.cfg.cluster
+        eps = self.eps(features)
+        after_step("eps")
+        return pseudo_labels(
+            features, k1=c.k1, k2=c.k2, eps=eps, min_samples=c.min_samples, knn_backend=c.knn_backend,
+            after_step=after_step,
+        )
 
     def eps(self, features: torch.Tensor) -> float:
         """The DBSCAN eps of this clustering: the configured number, or (``auto``) the one the rule chose first."""

@@ -28,9 +28,11 @@ from torch import nn
 
 from hhcl.checkpoint import CheckpointError, save_weights
 from hhcl.config import Config
+from hhcl.data.store import upright_rgb
 from hhcl.distributed import resolve_device
 from hhcl.models import ModelInfo, load_model
 from hhcl.run.atomic import atomic_write_bytes
+from hhcl.run.labels import quote_name, unquote_name
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -209,10 +211,11 @@ def export(
 
 
 def read_image(path: str | os.PathLike[str], height: int, width: int) -> torch.Tensor:
-    """An image file as uint8 ``[3, height, width]`` RGB, resized with PIL bicubic as in training."""
+    """An image file as uint8 ``[3, height, width]`` RGB, decoded and resized with PIL bicubic as in training
+    (:func:`hhcl.data.store.upright_rgb`: EXIF orientation, 16-bit greyscale)."""
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+            rgb = upright_rgb(img).resize((width, height), Image.Resampling.BICUBIC)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise EmbedError(f"cannot read image '{path}': {err}. Remove or replace the file.") from None
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
@@ -223,7 +226,7 @@ def _to_batch(images: Any, height: int, width: int) -> torch.Tensor:
     if isinstance(images, Image.Image):
         images = [images]
     if isinstance(images, Sequence) and images and all(isinstance(i, Image.Image) for i in images):
-        pil = [i.convert("RGB").resize((width, height), Image.Resampling.BICUBIC) for i in images]
+        pil = [upright_rgb(i).resize((width, height), Image.Resampling.BICUBIC) for i in images]
         return torch.from_numpy(np.stack([np.asarray(i) for i in pil])).permute(0, 3, 1, 2).float().div_(255)
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
@@ -348,7 +351,8 @@ def embed(
     """Embed every image under ``images_dir`` (sorted path order) into ``out`` (.npy, float32 [N, D]).
 
     Images are decoded and resized (PIL bicubic) by a thread pool one batch ahead of the model, which runs
-    batched on ``device``. The relative paths, one per line, go to ``out`` with suffix ``.txt``.
+    batched on ``device``. The relative paths, one per line and quoted (a name may hold a line break:
+    :func:`hhcl.run.labels.quote_name`, read back by :func:`read_name_list`), go to ``out`` with suffix ``.txt``.
     ``progress(done, total)`` is called after every batch. ``device`` is checked as ``--device``.
     """
     out = Path(out)
@@ -382,5 +386,10 @@ def embed(
     atomic_write_bytes(out, buffer.getvalue())
     list_file = out.with_suffix(".txt")
     root = Path(images_dir)
-    atomic_write_bytes(list_file, "".join(f"{p.relative_to(root).as_posix()}\n" for p in files).encode())
+    atomic_write_bytes(list_file, "".join(f"{quote_name(p.relative_to(root).as_posix())}\n" for p in files).encode())
     return EmbedResult(out=out, list_file=list_file, shape=(array.shape[0], array.shape[1]))
+
+
+def read_name_list(list_file: str | os.PathLike[str]) -> list[str]:
+    """The relative paths :func:`embed` wrote to its ``.txt``: name i is the image of row i of the ``.npy``."""
+    return [unquote_name(line) for line in Path(list_file).read_text(encoding="utf-8").split("\n")[:-1]]

@@ -10,6 +10,7 @@ and on a terminal a bar of its own.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -63,7 +64,7 @@ class ConsoleReporter(Hook):
     """Prints a run's progress; owns ``log.txt``. Errors go to the log only: the CLI prints them to stderr."""
 
     def __init__(self, run_dir: str | Path, console: Console | None = None) -> None:
-        self.console = console or Console(soft_wrap=True)
+        self.console: Console | None = console or Console(soft_wrap=True)
         self.live = self.console.is_terminal
         self.layout = RunLayout(Path(run_dir))
         self._log: IO[str] | None = None
@@ -88,10 +89,21 @@ class ConsoleReporter(Hook):
         if not console:
             return
         if self._progress is not None:
-            self._progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+            progress = self._progress
+            self._terminal(lambda: progress.console.print(text, highlight=False, markup=False, soft_wrap=True))
         else:
-            stamp = time.strftime("%H:%M:%S")
-            self.console.print(text if self.live else f"{stamp} {text}", highlight=False, markup=False, soft_wrap=True)
+            shown = text if self.live else f"{time.strftime('%H:%M:%S')} {text}"
+            self._terminal(lambda: self.console.print(shown, highlight=False, markup=False, soft_wrap=True))
+
+    def _terminal(self, write: Callable[[], object]) -> None:
+        """Terminal output that may fail without failing the run (EIO once the terminal hung up, EPIPE from a
+        closed pipe): from then on only ``log.txt`` is written, which has every line anyway."""
+        if self.console is None:
+            return
+        try:
+            write()
+        except OSError:
+            self.console, self.live, self._progress, self._task, self._stage_task = None, False, None, None, None
 
     def _display(self) -> Progress:
         """The live progress display (training bar and stage bars), started on first use."""
@@ -113,12 +125,13 @@ class ConsoleReporter(Hook):
         self._stop_bar()
         if not self.live or not self._iters:
             return
-        self._task = self._display().add_task(epoch_label(epoch, self._epochs), total=self._iters, completed=0, info="")
+        label = epoch_label(epoch, self._epochs)
+        self._terminal(lambda: setattr(self, "_task", self._display().add_task(label, total=self._iters, completed=0, info="")))
 
     def _stop_bar(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+            progress, self._progress = self._progress, None
+            self._terminal(progress.stop)
         self._task = self._stage_task = None
 
     def _on_progress(self, event: ProgressEvent) -> None:
@@ -135,7 +148,7 @@ class ConsoleReporter(Hook):
         if end:
             self._stage_told.pop(key, None)
         if self.live:
-            self._show_stage(event, end)
+            self._terminal(lambda: self._show_stage(event, end))
 
     def _show_stage(self, event: ProgressEvent, end: bool) -> None:
         """The running stage's bar (below the training bar, if one is shown); removed at the stage's end."""

@@ -28,14 +28,16 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hhcl.config import ConfigError
-from hhcl.run.atomic import fsync_dir
+from hhcl.run.atomic import fsync_dir, naming
 from hhcl.run.events import Cluster, Eval, Event, RunEnd, RunStart, Step, read_events
 from hhcl.run.layout import CONFIG_FILE, EVENTS_FILE, RunDirError, RunLayout
 
@@ -268,14 +270,34 @@ def write_tensorboard(run_dir: str | os.PathLike[str], out: str | os.PathLike[st
     fresh = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
     fresh.mkdir(parents=True)  # mode as any new folder's (mkdtemp's would be 0700)
     try:
-        writer = SummaryWriter(str(fresh))
-        for s in scalars:
-            writer.add_scalar(s.tag, s.value, s.step, walltime=s.walltime)
-        writer.close()
+        with _quiet_writer_thread():
+            writer = SummaryWriter(str(fresh))
+            for s in scalars:
+                writer.add_scalar(s.tag, s.value, s.step, walltime=s.walltime)
+            writer.close()
         _replace_dir(fresh, target)
+    except OSError as err:  # a full disk: the writer's thread failed; the previous export is left as it was
+        raise naming(err, target) from None
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
     return TensorBoardExport(layout.root, target, len(scalars), tuple(sorted({s.tag for s in scalars})))
+
+
+@contextmanager
+def _quiet_writer_thread() -> Iterator[None]:
+    """TensorBoard writes from a thread of its own and re-raises that thread's failure (a full disk) in the
+    caller's ``flush``/``close``; this keeps the thread from also printing it as an unhandled traceback."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not isinstance(args.exc_value, OSError):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def _replace_dir(fresh: Path, target: Path) -> None:

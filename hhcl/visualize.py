@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from hhcl.data.datasets import Sample
+from hhcl.data.store import upright_rgb
 from hhcl.run.atomic import atomic_write_bytes
 
 MATCH, MISS, QUERY, RESULT = (0, 170, 0), (215, 0, 0), (40, 40, 40), (40, 110, 200)
@@ -43,7 +44,7 @@ def display_image(source: ImageSource, height: int) -> Image.Image:
         try:
             with Image.open(source) as opened:
                 opened.draft("RGB", (max(1, opened.width * height // max(opened.height, 1)), height))  # JPEG
-                img = opened.convert("RGB")
+                img = upright_rgb(opened)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise ValueError(
                 f"cannot read image '{source}' for the rank list ({err}); restore or replace the file"

@@ -222,3 +222,36 @@ def test_an_unreadable_config_is_an_error_naming_it(tmp_path):
             load_config(path)
     finally:
         path.chmod(0o600)
+
+
+@pytest.mark.parametrize(
+    ("override", "shown"),
+    [  # the cases, with the tops written out by hand
+        ("data.height=6400000", "data.height = 6400000 is not allowed: must be between 32 and 4096"),
+        ("data.width=4112", "data.width = 4112 is not allowed: must be between 32 and 4096"),
+        ("train.seed=99999999999999999999", "train.seed = 99999999999999999999 is not allowed: must be between 0 and 4294967295"),
+        ("train.seed=-1", "train.seed = -1 is not allowed: must be between 0 and 4294967295"),
+        ("model.num_features=1000000000", "model.num_features = 1000000000 is not allowed: must be between 0 and 16384"),
+        ("data.batch_size=1048576", "data.batch_size = 1048576 is not allowed: must be between 2 and 16384"),
+        ("cluster.k1=1000000", "cluster.k1 = 1000000 is not allowed: must be between 2 and 1000"),
+        ("train.iters=1000000000", "train.iters = 1000000000 is not allowed: must be between 1 and 100000"),
+    ],
+)
+def test_sizes_beyond_their_bound_are_refused_naming_the_range(override, shown):
+    with pytest.raises(ConfigError) as err:
+        load_config("market", [override])
+    assert str(err.value).startswith(shown)
+
+
+def test_every_integer_key_has_a_bound_refused_on_both_sides_and_its_top_is_accepted():
+    from hhcl.config import DEFAULT, INT_BOUNDS
+
+    ints = {key for key in all_keys() if type(DEFAULT.get(key)) is int}  # bools aside
+    assert set(INT_BOUNDS) == ints
+    for key, (low, high, _) in INT_BOUNDS.items():
+        for bad in (low - 1, high + 1):
+            with pytest.raises(ConfigError, match=rf"^{key} = {bad} is not allowed: must be between {low} and {high} \("):
+                load_config("market", [f"{key}={bad}"])
+    tops = ["data.height=4096", "data.width=4096", "train.seed=4294967295", "model.num_features=16384", "train.epochs=10000"]
+    cfg = load_config("market", tops)
+    assert (cfg.data.height, cfg.train.seed, cfg.model.num_features) == (4096, 2**32 - 1, 16384)

@@ -184,9 +184,138 @@ def test_a_full_disk_keeps_the_previous_checkpoint(data_root, straight, tmp_path
     full = run(train_cmd(data_root, tmp_path, "r", "train.epochs=2", resume=True), fsize=size + size // 2)
     assert full.returncode == 1, full.stderr
     assert "disk is full" in full.stderr and "Traceback" not in full.stderr
+    assert f"({tmp_path / 'r' / 'checkpoints' / 'last.state.pt'})" in full.stderr  # the file it could not write
     end = read_raw_events(tmp_path / "r")[-2:]
     assert [e["type"] for e in end] == ["error", "run_end"] and end[1]["status"] == "error"
     no_leftovers(tmp_path / "r")
     resumed = run(train_cmd(data_root, tmp_path, "r", "train.epochs=2", resume=True))
     assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(straight, tmp_path / "r")
+
+
+def checkpoint_files(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "checkpoints").iterdir())}
+
+
+#: start-up stages of a resume at a mid-epoch checkpoint, then of one at an epoch's start (every one of them is
+#: covered in-process by tests/test_run_failures.py; here real processes get SIGTERM at a representative few)
+RESUME_STAGES = {
+    "representative": (("startup:checkpoint",), ("setup:1:extract",)),
+    "every-stage": (
+        ("startup:open", "startup:dataset", "startup:model", "startup:checkpoint", "startup:run-start", "setup:0:replay"),
+        ("setup:1:extract", "setup:1:eps", "setup:1:kNN", "setup:1:Jaccard", "setup:1:DBSCAN", "setup:1:memory"),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "which", ["representative", pytest.param("every-stage", marks=pytest.mark.slow)]
+)
+def test_a_resume_stopped_again_during_start_up_resumes_exactly(data_root, straight, tmp_path, which):
+    """Preempted mid-epoch, then preempted again while the requeued job starts up: each such stop exits 143 at that
+    stage with the checkpoint untouched (before: it was overwritten without the epoch's labels and memory, and
+    the run silently retrained part of an epoch); the run then ends with the uninterrupted run's weights."""
+    first = run(train_cmd(data_root, tmp_path, "r"), "step:0:0=term")
+    assert first.returncode == 143, first.stderr
+    mid_epoch, new_epoch = RESUME_STAGES[which]
+    for stages, position in ((mid_epoch, "epoch 1/2 iter 2/2"), (new_epoch, "the start of epoch 2/2")):
+        for stage in stages:
+            before, n_events = checkpoint_files(tmp_path / "r"), len(read_raw_events(tmp_path / "r"))
+            stopped = run(train_cmd(data_root, tmp_path, "r", resume=True), f"{stage}=term")
+            assert stopped.returncode == 143, (stage, stopped.stdout, stopped.stderr)
+            assert f"before training any step: the checkpoint at {position} is kept" in stopped.stdout, stage
+            assert "Traceback" not in stopped.stdout + stopped.stderr
+            assert checkpoint_files(tmp_path / "r") == before, f"{stage}: the checkpoint changed"
+            new = [e["type"] for e in read_raw_events(tmp_path / "r")[n_events:]]
+            assert "step" not in new and "checkpoint" not in new and new[-1] == "run_end", (stage, new)
+            no_leftovers(tmp_path / "r")
+        if stages is mid_epoch:  # finish epoch 1, stopped at its last step: the checkpoint is at epoch 2's start
+            assert run(train_cmd(data_root, tmp_path, "r", resume=True), "step:0:1=term").returncode == 143
+    resumed = run(train_cmd(data_root, tmp_path, "r", resume=True))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(straight, tmp_path / "r")
+
+
+def test_sighup_from_a_closed_terminal_checkpoints_and_resumes_exactly(data_root, straight, tmp_path):
+    """The terminal (or tmux pane) running the training is closed: the kernel hangs up its pty and sends SIGHUP.
+    The run finishes its step, checkpoints, records run_end and releases the lock (exit 129); its output from then
+    on goes to log.txt only. Before: killed at once, no checkpoint, no run_end, lock left."""
+    import fcntl
+    import pty
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+
+    def own_terminal() -> None:  # a new session whose controlling terminal is the pty, as a login shell's job
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    env = {**{k: v for k, v in os.environ.items() if k != "HHCL_FAULT"}, "HHCL_FAULT": "step:0:0=stop"}
+    proc = subprocess.Popen(
+        train_cmd(data_root, tmp_path, "r"), stdin=slave, stdout=slave, stderr=slave, env=env, preexec_fn=own_terminal
+    )
+    os.close(slave)
+    shown: list[bytes] = []
+
+    def drain() -> None:  # a terminal reads what the run prints (a full pty buffer would block it)
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            shown.append(chunk)
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)  # frozen at its first step, like a user looking away
+        assert os.WIFSTOPPED(status)
+        os.close(master)  # the terminal window is closed: SIGHUP (and SIGCONT) to the session
+        os.kill(proc.pid, signal.SIGCONT)
+        code = proc.wait(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 129, b"".join(shown).decode(errors="replace")[-2000:]
+    end = read_raw_events(tmp_path / "r")[-1]
+    # the hang-up reaches the process as it continues: it stops after that step or, if the step was the epoch's
+    # last by then, after the epoch
+    assert end["type"] == "run_end" and end["status"] == "interrupted" and "with a checkpoint" in end["message"]
+    assert end["message"] in (tmp_path / "r" / "log.txt").read_text()
+    no_leftovers(tmp_path / "r")
+    resumed = run(train_cmd(data_root, tmp_path, "r", resume=True))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(straight, tmp_path / "r")
+
+
+def test_a_lock_left_by_a_dead_pid_1_is_taken_over(data_root, straight, tmp_path):
+    """A container's training process is pid 1; killed, it leaves run.lock naming pid 1, which always runs (the
+    next container's process, or here the host's init). The lock names the process's start time too, so the
+    resume takes it over and the monitor calls the run stopped. Run for real as pid 1 of a new pid namespace."""
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a pid namespace here (unshare: {probe.stderr.decode().strip()})")
+    # pid 1 of a namespace cannot stop itself with a signal: it hangs at epoch 2's first step, holding the lock
+    env = {**os.environ, "HHCL_FAULT": "step:1:0=hang", "COLUMNS": "200"}
+    cmd = ["unshare", "--pid", "--fork", "--mount-proc", *train_cmd(data_root, tmp_path, "r")]
+    ns = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + TIMEOUT
+        log = tmp_path / "r" / "events.jsonl"
+        while not (log.exists() and any(e["type"] == "step" and e.get("epoch") == 1 for e in read_raw_events(log))):
+            assert time.time() < deadline and ns.poll() is None, "the pid-1 run never reached epoch 2"
+            time.sleep(0.2)
+        assert '"pid": 1,' in (tmp_path / "r" / "run.lock").read_text()  # written by pid 1 of its namespace
+    finally:
+        os.killpg(ns.pid, signal.SIGKILL)  # the container is killed: its pid 1 dies with the lock held
+        ns.wait()
+    assert (tmp_path / "r" / "run.lock").exists()
+    shown = update_liveness(reduce_events(read_events(tmp_path / "r")), time.time())
+    assert status_label(shown) == "stopped (process gone, no run_end)"  # not "running": pid 1 here is another process
+    resumed = run(train_cmd(data_root, tmp_path, "r", resume=True))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "took over the lock of pid 1 " in (tmp_path / "r" / "log.txt").read_text()
     assert_same_weights(straight, tmp_path / "r")

@@ -14,10 +14,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import aiohttp
@@ -60,27 +62,122 @@ def free_port() -> int:
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    """Status and body of an HTTP GET."""
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as response:
-        return response.status, response.read().decode("utf-8", "replace")
+    """Status and body of an HTTP GET (an error status too: its plain-text reason)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode("utf-8", "replace")
+
+
+# ---- processes, read from /proc --------------------------------------------------------------------------
+
+def process_table() -> dict[int, tuple[int, str, str]]:
+    """Every live process: pid -> (parent pid, state letter, command line); zombies are left out."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:  # ended while we looked
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state != "Z":
+            table[int(entry.name)] = (int(ppid), state, cmdline)
+    return table
+
+
+def session_processes(run_dir: Path, under: int | None = None) -> set[int]:
+    """Live processes whose command line names ``run_dir`` (a dashboard the server started for a browser, and
+    any wrapper around it), other than the server itself; with ``under``, only descendants of that pid."""
+    table = process_table()
+    path = str(run_dir.resolve())
+    found = {pid for pid, (_, _, cmd) in table.items() if path in cmd and "--web" not in cmd}
+    if under is None:
+        return found
+    descendants, frontier = set(), {under}
+    while frontier:
+        frontier = {pid for pid, (ppid, _, _) in table.items() if ppid in frontier} - descendants
+        descendants |= frontier
+    return found & descendants
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} (waited {timeout:.0f} s)"
+        time.sleep(0.05)
+
+
+async def wait_until_async(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """:func:`wait_until` for a coroutine (the event loop keeps the websockets alive meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} (waited {timeout:.0f} s)"
+        await asyncio.sleep(0.05)
+
+
+class WebServer:
+    """A running ``hhcl monitor RUN --web``: its process, port and run, the token from its banner, and its
+    output (stdout and stderr) as read so far by a thread."""
+
+    def __init__(self, process: subprocess.Popen, port: int, run_dir: Path) -> None:
+        self.process, self.port, self.run_dir = process, port, run_dir
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.token = ""
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def url(self, path: str = "/", token: str | None = None) -> str:
+        """``http://127.0.0.1:PORT<path>``, with ``?token=`` (the server's own unless ``token`` is given)."""
+        return f"http://127.0.0.1:{self.port}{path}?token={self.token if token is None else token}"
+
+    def ws_url(self, **query: object) -> str:
+        """The websocket URL the page uses: ``/ws/<token>`` with ``query``."""
+        tail = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"ws://127.0.0.1:{self.port}/ws/{self.token}" + (f"?{tail}" if tail else "")
+
+    def sessions(self) -> set[int]:
+        """The dashboard processes this server started that are alive now."""
+        return session_processes(self.run_dir, under=self.process.pid)
 
 
 @contextmanager
-def serving(run_dir: Path, port: int) -> Iterator[subprocess.Popen]:
-    """``hhcl monitor RUN --web --port PORT`` as a real process, up and answering HTTP; stopped afterwards."""
-    process = subprocess.Popen([sys.executable, "-m", "hhcl", "monitor", str(run_dir), "--web", "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def serving(run_dir: Path, port: int, *options: str) -> Iterator[WebServer]:
+    """``hhcl monitor RUN --web --port PORT [options]`` as a real process, its token read from the banner and
+    the page answering; stopped afterwards (Ctrl+C, then kill), and any dashboard left over is killed."""
+    process = subprocess.Popen([sys.executable, "-m", "hhcl", "monitor", str(run_dir), "--web", "--port", str(port),
+                                *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = WebServer(process, port, run_dir)
     try:
         deadline = time.monotonic() + 30
+        while not (found := re.search(r"/\?token=([A-Za-z0-9_-]+)", server.output)):
+            assert process.poll() is None, f"the server exited with {process.returncode}: {server.output}"
+            assert time.monotonic() < deadline, f"the server printed no URL with a token within 30 s: {server.output}"
+            time.sleep(0.05)
+        server.token = found[1]
         while True:
-            assert process.poll() is None, f"the server exited with {process.returncode}: {process.stdout.read()}"
+            assert process.poll() is None, f"the server exited with {process.returncode}: {server.output}"
             try:
-                get(f"http://127.0.0.1:{port}/")
-                break
+                if get(server.url())[0] == 200:
+                    break
             except OSError:
-                assert time.monotonic() < deadline, "the server did not answer within 30 s"
-                time.sleep(0.1)
-        yield process
+                pass
+            assert time.monotonic() < deadline, "the server did not answer within 30 s"
+            time.sleep(0.1)
+        yield server
     finally:
         if process.poll() is None:  # Ctrl+C first, so the server stops the dashboards it started
             process.send_signal(signal.SIGINT)
@@ -89,56 +186,226 @@ def serving(run_dir: Path, port: int) -> Iterator[subprocess.Popen]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
+        server.reader.join(5)
         process.stdout.close()
+        for pid in session_processes(run_dir):  # a test that failed may leave one behind: never leak it
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
-async def dashboard_screen_text(url: str, expected: tuple[str, ...], timeout: float = 30.0) -> str:
-    """Open the page's websocket as the browser would and collect what the dashboard process draws (escape
-    sequences removed) until every ``expected`` string has appeared."""
+async def screen_text(ws: aiohttp.ClientWebSocketResponse, expected: tuple[str, ...], timeout: float = 30.0) -> str:
+    """Collect what the dashboard draws over ``ws`` (escape sequences removed) until every ``expected`` string
+    has appeared, the socket closes, or ``timeout`` passes."""
     seen = b""
-    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                message = await asyncio.wait_for(ws.receive(), 1.0)
-            except asyncio.TimeoutError:
-                continue
-            if message.type == aiohttp.WSMsgType.BINARY:
-                seen += message.data
-            elif message.type == aiohttp.WSMsgType.TEXT:
-                seen += message.data.encode()
-            elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                break
-            text = re.sub(r"\x1b\[[0-9;?$]*[A-Za-z]|\x1b\][^\x07]*\x07", "", seen.decode("utf-8", "replace"))
-            if all(e in text for e in expected):
-                return text
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            message = await asyncio.wait_for(ws.receive(), 1.0)
+        except asyncio.TimeoutError:
+            continue
+        if message.type == aiohttp.WSMsgType.BINARY:
+            seen += message.data
+        elif message.type == aiohttp.WSMsgType.TEXT:
+            seen += message.data.encode()
+        elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+            break
+        text = re.sub(r"\x1b\[[0-9;?$]*[A-Za-z]|\x1b\][^\x07]*\x07", "", seen.decode("utf-8", "replace"))
+        if all(e in text for e in expected):
+            return text
     return re.sub(r"\x1b\[[0-9;?$]*[A-Za-z]|\x1b\][^\x07]*\x07", "", seen.decode("utf-8", "replace"))
 
 
+async def handshake_status(url: str, **options: object) -> int:
+    """The HTTP status a websocket handshake to ``url`` gets (101 when it is accepted; closed at once)."""
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with http.ws_connect(url, **options):
+                return 101
+        except aiohttp.WSServerHandshakeError as refused:
+            return refused.status
+
+
+@pytest.mark.timeout(90)
 def test_served_page_and_dashboard_stream(tmp_path: Path) -> None:
     run_dir = record_run(tmp_path / "run")
     port = free_port()
-    with serving(run_dir, port) as process:
-        status, page = get(f"http://127.0.0.1:{port}/")
+    with serving(run_dir, port) as server:
+        token = server.token
+        status, page = get(server.url())
         assert status == 200
-        # textual-serve's page: its terminal element pointing at this server's websocket, and its script
-        assert f'data-session-websocket-url="ws://127.0.0.1:{port}/ws"' in page
-        assert f'src="http://127.0.0.1:{port}/static/js/textual.js"' in page
+        # textual-serve's page: its terminal element pointing at this server's websocket (token in the path, as
+        # its script appends ?width=..), and its script, linked by path
+        assert f'data-session-websocket-url="ws://127.0.0.1:{port}/ws/{token}"' in page
+        assert 'src="/static/js/textual.js"' in page
         assert get(f"http://127.0.0.1:{port}/static/js/textual.js")[0] == 200
         # through an SSH tunnel on another local port the browser asks for localhost:9123: the page must send
         # its websocket back through the tunnel, not to the remote machine's own address
-        _, tunnelled = get(f"http://127.0.0.1:{port}/", headers={"Host": "localhost:9123"})
-        assert 'data-session-websocket-url="ws://localhost:9123/ws"' in tunnelled
-        # what a browser tab receives is the dashboard of this run
-        text = asyncio.run(dashboard_screen_text(f"ws://127.0.0.1:{port}/ws?width=110&height=34",
-                                                 (SHOWN_MAP, SHOWN_CLUSTERS)))
+        _, tunnelled = get(server.url(), headers={"Host": "localhost:9123"})
+        assert f'data-session-websocket-url="ws://localhost:9123/ws/{token}"' in tunnelled
+
+        async def browser_tab() -> str:  # what a browser tab on the page's own origin receives
+            async with aiohttp.ClientSession() as http, http.ws_connect(
+                    server.ws_url(width=110, height=34), origin=f"http://127.0.0.1:{port}") as ws:
+                return await screen_text(ws, (SHOWN_MAP, SHOWN_CLUSTERS))
+
+        text = asyncio.run(browser_tab())
         assert SHOWN_MAP in text and SHOWN_CLUSTERS in text, text[-2000:]
         assert "web-run" in text
-        process.send_signal(signal.SIGINT)  # Ctrl+C stops the server cleanly
-        assert process.wait(15) == 0
-        banner = process.stdout.read()
-    assert f"http://127.0.0.1:{port}" in banner
+        server.process.send_signal(signal.SIGINT)  # Ctrl+C stops the server cleanly
+        assert server.process.wait(15) == 0
+        server.reader.join(5)
+        banner = server.output
+    assert f"http://127.0.0.1:{port}/?token={token}" in banner
     assert f"ssh -N -L {port}:127.0.0.1:{port} " in banner
+    assert f"http://localhost:{port}/?token={token}" in banner
+    assert "warning" not in banner  # the default address is this machine's own
+
+
+@pytest.mark.timeout(60)
+def test_page_and_websocket_need_the_token(tmp_path: Path) -> None:
+    run_dir = record_run(tmp_path / "run")
+    with serving(run_dir, free_port()) as server:
+        no_token = get(f"http://127.0.0.1:{server.port}/")
+        assert no_token[0] == 403 and "access token" in no_token[1], no_token
+        assert get(server.url(token="x" + server.token[1:]))[0] == 403  # one character off
+        assert get(server.url(token=""))[0] == 403
+        ws = f"ws://127.0.0.1:{server.port}"
+        assert asyncio.run(handshake_status(f"{ws}/ws")) == 403  # textual-serve's own route, no token
+        assert asyncio.run(handshake_status(f"{ws}/ws/{server.token[:-1]}")) == 403
+        assert asyncio.run(handshake_status(f"{ws}/ws?token=nope")) == 403
+        assert server.sessions() == set()  # no refused request started a dashboard
+        assert get(server.url())[0] == 200
+        assert asyncio.run(handshake_status(f"{ws}/ws?token={server.token}")) == 101  # a script may use ?token=
+
+
+@pytest.mark.timeout(60)
+def test_foreign_origin_and_forged_host_are_refused(tmp_path: Path) -> None:
+    run_dir = record_run(tmp_path / "run")
+    with serving(run_dir, free_port()) as server:
+        port = server.port
+        # a page of another site (or another port of this machine) that knows the token still cannot connect
+        for origin in ("http://evil.example", f"http://evil.example:{port}", f"http://localhost:{port + 1}", "null"):
+            assert asyncio.run(handshake_status(server.ws_url(), origin=origin)) == 403, origin
+        assert server.sessions() == set()
+        # the page's own origin, directly or through a tunnel on another local port, is accepted
+        assert asyncio.run(handshake_status(server.ws_url(), origin=f"http://127.0.0.1:{port}")) == 101
+        assert asyncio.run(handshake_status(server.ws_url(), origin="http://localhost:9123",
+                                            headers={"Host": "localhost:9123"})) == 101
+        # a forged Host never reaches the page (nor the websocket)
+        for host in ("evil.example:1234", 'x"><script>alert(1)</script>', "127.0.0.1:80@evil.example", "[::1]x"):
+            status, body = get(server.url(), headers={"Host": host})
+            assert status == 400, (host, status)
+            assert "evil" not in body and "<" not in body and '"' not in body, body
+        assert asyncio.run(handshake_status(server.ws_url(), headers={"Host": "evil.example:1234"})) == 400
+
+
+@pytest.mark.timeout(90)
+def test_sessions_are_capped(tmp_path: Path) -> None:
+    run_dir = record_run(tmp_path / "run")
+    with serving(run_dir, free_port(), "--max-sessions", "2") as server:
+        most, sampling = [0], threading.Event()
+
+        def sample() -> None:  # the number of dashboard processes, every 20 ms, for the whole scenario
+            while not sampling.is_set():
+                most[0] = max(most[0], len(server.sessions()))
+                time.sleep(0.02)
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession() as http:
+                first = await http.ws_connect(server.ws_url())
+                second = await http.ws_connect(server.ws_url())
+                await wait_until_async(lambda: len(server.sessions()) == 2, 15, "two dashboards started")
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(server.ws_url())
+                assert refused.value.status == 503
+                # the reason, as a plain GET of the websocket URL reads it
+                status, reason = await asyncio.to_thread(get, f"http://127.0.0.1:{server.port}/ws/{server.token}")
+                assert status == 503 and "--max-sessions 2" in reason, reason
+                assert len(server.sessions()) == 2  # nothing started late
+                # a reloaded tab: its old session closes as the new one connects; the new one waits for the slot
+                await first.close()
+                third = await http.ws_connect(server.ws_url())
+                await wait_until_async(lambda: len(server.sessions()) == 2, 15, "the next tab's dashboard started")
+                await second.close()
+                await third.close()
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            asyncio.run(scenario())
+        finally:
+            sampling.set()
+            sampler.join()
+        assert most[0] == 2
+
+
+@pytest.mark.timeout(90)
+def test_closing_the_websocket_ends_its_dashboard(tmp_path: Path) -> None:
+    run_dir = record_run(tmp_path / "run")
+    with serving(run_dir, free_port()) as server:
+
+        async def open_and_close(freeze: bool) -> int:
+            async with aiohttp.ClientSession() as http:
+                ws = await http.ws_connect(server.ws_url(width=100, height=30))
+                assert SHOWN_MAP in await screen_text(ws, (SHOWN_MAP,))  # up and drawing
+                (pid,) = server.sessions()  # one process per session: the dashboard itself, no shell around it
+                assert os.getpgid(pid) == pid != os.getpgid(server.process.pid)  # in a process group of its own
+                if freeze:  # a dashboard that no longer answers (blocked, spinning): only SIGKILL ends it
+                    os.kill(pid, signal.SIGSTOP)
+                await ws.close()
+                await wait_until_async(lambda: pid not in process_table(), 8, f"dashboard {pid} still running")
+                return pid
+
+        asyncio.run(open_and_close(freeze=False))
+        asyncio.run(open_and_close(freeze=True))
+        assert server.sessions() == set()
+        assert server.process.poll() is None  # the server serves on
+
+
+@pytest.mark.timeout(90)
+def test_server_stop_ends_every_session(tmp_path: Path) -> None:
+    run_dir = record_run(tmp_path / "run")
+    with serving(run_dir, free_port()) as server:
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession() as http:
+                tabs = [await http.ws_connect(server.ws_url()) for _ in range(2)]
+                await wait_until_async(lambda: len(server.sessions()) == 2, 15, "two dashboards started")
+                os.kill(min(server.sessions()), signal.SIGSTOP)  # one of them no longer answers
+                server.process.send_signal(signal.SIGTERM)
+                await wait_until_async(lambda: server.process.poll() is not None, 15, "the server did not stop")
+                for ws in tabs:
+                    await ws.close()
+
+        asyncio.run(scenario())
+        assert server.process.returncode == 0
+        wait_until(lambda: not session_processes(run_dir), 5, "a dashboard outlived the server")
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_exits_when_its_server_is_killed(tmp_path: Path) -> None:
+    run_dir = record_run(tmp_path / "run")
+    with serving(run_dir, free_port()) as server:
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url()) as ws:
+                assert SHOWN_MAP in await screen_text(ws, (SHOWN_MAP,))
+                assert len(server.sessions()) == 1
+                server.process.kill()  # SIGKILL: the server cannot stop anything; the dashboard's stdin closes
+                server.process.wait(10)
+
+        asyncio.run(scenario())
+        wait_until(lambda: not session_processes(run_dir), 10, "the dashboard outlived its killed server")
+
+
+@pytest.mark.timeout(60)
+def test_non_loopback_host_warns_and_still_needs_the_token(tmp_path: Path) -> None:
+    run_dir = record_run(tmp_path / "run")
+    with serving(run_dir, free_port(), "--host", "0.0.0.0") as server:
+        wait_until(lambda: "warning:" in server.output, 5, f"no warning for --host 0.0.0.0: {server.output}")
+        warning = server.output[server.output.index("warning:"):]
+        assert "--host 0.0.0.0" in warning and "token" in warning and "--host 127.0.0.1" in warning
+        assert get(f"http://127.0.0.1:{server.port}/")[0] == 403
 
 
 def test_bad_run_dir_is_a_usage_error(tmp_path: Path) -> None:
@@ -263,7 +530,7 @@ async def screenshot_dashboard(devtools_port: int, url: str, expected: tuple[str
 def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
     run_dir = record_run(tmp_path / "run")
     port = free_port()
-    with serving(run_dir, port), tempfile.TemporaryDirectory() as profile:
+    with serving(run_dir, port) as server, tempfile.TemporaryDirectory() as profile:
         browser = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                                     "--remote-debugging-port=0", "about:blank"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -273,7 +540,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
                 assert browser.poll() is None and time.monotonic() < deadline, "Chromium did not start"
                 time.sleep(0.1)
             devtools_port = int(port_file.read_text().split()[0])
-            text, png = asyncio.run(screenshot_dashboard(devtools_port, f"http://127.0.0.1:{port}/",
+            text, png = asyncio.run(screenshot_dashboard(devtools_port, server.url(),
                                                          (SHOWN_MAP, SHOWN_CLUSTERS)))
         finally:
             browser.terminate()

@@ -183,6 +183,11 @@ class TermOnStart(Hook):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_file(a / "checkpoints" / "last.safetensors"), load_file(b / "checkpoints" / "last.safetensors")
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_sigterm_during_set_up_stops_before_training_and_resumes_exactly(synth_root, tmp_path):
     cfg = tiny(synth_root, "train.iters=2")
     straight = tmp_path / "straight"
@@ -190,10 +195,143 @@ def test_sigterm_during_set_up_stops_before_training_and_resumes_exactly(synth_r
     run = tmp_path / "r"
     stopped = Trainer(cfg, run, hooks=[TermOnStart()]).fit()
     assert stopped.status == "interrupted" and stopped.exit_code == 143
-    assert "stopped before epoch 1/1" in stopped.message
-    assert [e["type"] for e in read_raw_events(run)][-3:] == ["run_start", "checkpoint", "run_end"]  # no step
+    assert "before training any step: there is no checkpoint yet" in stopped.message
+    assert [e["type"] for e in read_raw_events(run)][-2:] == ["run_start", "run_end"]  # no step, no checkpoint
+    assert not (run / "checkpoints" / "last.safetensors").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
     assert resume(run).status == "ok"
-    a = load_file(straight / "checkpoints" / "last.safetensors")
-    b = load_file(run / "checkpoints" / "last.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(straight, run)
+
+
+@pytest.fixture
+def fault(monkeypatch):
+    """Arms HHCL_FAULT for the runs this test starts in this process (the plan is read once per process)."""
+    from hhcl.run.faults import _plan
+
+    def arm(spec: str) -> None:
+        monkeypatch.setenv("HHCL_FAULT", spec)
+        _plan.cache_clear()
+
+    yield arm
+    monkeypatch.delenv("HHCL_FAULT", raising=False)
+    _plan.cache_clear()
+
+
+def checkpoint_bytes(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())}
+
+
+#: every start-up stage of a resume at a mid-epoch checkpoint (epoch 1, iter 2), then of one at an epoch's start
+MID_EPOCH_STAGES = ("startup:open", "startup:dataset", "startup:model", "startup:checkpoint", "startup:run-start",
+                    "setup:0:replay")
+NEW_EPOCH_STAGES = ("setup:1:extract", "setup:1:eps", "setup:1:kNN", "setup:1:Jaccard", "setup:1:DBSCAN",
+                    "setup:1:memory")
+
+
+def test_a_resume_stopped_again_at_every_start_up_stage_keeps_its_checkpoint_and_resumes_exactly(
+    synth_root, tmp_path, fault
+):
+    """SLURM's ordinary case: preempted again while the requeued job starts. Each stop ends the process at that
+    stage without training or writing a checkpoint; the run then finishes exactly as an uninterrupted one."""
+    cfg = tiny(synth_root, "train.iters=2", "train.epochs=2")
+    straight = tmp_path / "straight"
+    assert Trainer(cfg, straight).fit().status == "ok"
+    run = tmp_path / "r"
+    fault("step:0:0=term")
+    first = Trainer(cfg, run).fit()
+    assert first.status == "interrupted" and "after epoch 1/2 iter 1/2" in first.message
+    for stages, position in ((MID_EPOCH_STAGES, "epoch 1/2 iter 2/2"), (NEW_EPOCH_STAGES, "the start of epoch 2/2")):
+        for stage in stages:
+            before, n_events = checkpoint_bytes(run), len(read_raw_events(run))
+            fault(f"{stage}=term")
+            stopped = resume(run)
+            assert stopped.status == "interrupted" and stopped.exit_code == 143, (stage, stopped.message)
+            assert "before training any step" in stopped.message, stage
+            assert f"the checkpoint at {position} is kept" in stopped.message, (stage, stopped.message)
+            assert checkpoint_bytes(run) == before, f"{stage}: the checkpoint changed"
+            new = [e["type"] for e in read_raw_events(run)[n_events:]]
+            assert "step" not in new and "checkpoint" not in new and new[-1] == "run_end", (stage, new)
+            if stage == "setup:1:extract":  # honoured inside extraction: no clustering first
+                assert "cluster" not in new
+            assert not (run / "run.lock").exists()
+        if stages is MID_EPOCH_STAGES:  # finish epoch 1 and stop at its end: the checkpoint is at epoch 2's start
+            fault("step:0:1=term")
+            assert resume(run).status == "interrupted"
+    fault("")
+    assert resume(run).status == "ok"
+    assert same_weights(straight, run)
+    assert read_raw_events(run)[-1]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("../escaped", "is a path, not a name"),
+        ("/tmp/hhcl-absolute-run", "is a path, not a name"),
+        ("a" * 300, "300 bytes long; this file system allows 255"),
+        ("two\nlines", "control character"),
+        ("..", "is a path, not a name"),
+    ],
+    ids=["dot-dot", "absolute", "300-chars", "newline", "parent"],
+)
+def test_a_run_name_that_is_not_one_folder_name_is_refused(synth_root, tmp_path, name, text):
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["train", "--preset", "demo", "--root", str(synth_root), "--runs-dir", str(runs),
+                                 "--name", name, "--set", "train.device=cpu"])
+    assert result.exit_code == 2, result.output
+    assert text in result.output and "--name" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, inside --runs-dir or out of it
+    assert not Path("/tmp/hhcl-absolute-run").exists()
+
+
+def test_a_resume_cannot_shrink_train_epochs_below_what_was_trained(synth_root, tmp_path, fault):
+    """A 2-epoch run stopped inside epoch 2 has trained into epoch 2: train.epochs=1 on resume is refused before
+    anything is written (config.toml and the log stay as they were); train.epochs=2 and 3 continue it."""
+    cfg = tiny(synth_root, "train.iters=2", "train.epochs=2")
+    run = tmp_path / "r"
+    fault("step:1:0=term")
+    assert Trainer(cfg, run).fit().status == "interrupted"
+    fault("")
+    config, log = (run / "config.toml").read_bytes(), (run / "events.jsonl").read_bytes()
+    refused = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=1"])
+    assert refused.exit_code == 2, refused.output
+    assert "train.epochs = 1 is fewer than this run has already trained" in refused.output
+    assert "train.epochs >= 2" in refused.output
+    assert (run / "config.toml").read_bytes() == config and (run / "events.jsonl").read_bytes() == log
+    # the engine refuses it too (a checkpoint whose weights do not record their position), config untouched
+    result = Trainer(resume_config(run, ["train.epochs=1"]), run, resume=True).fit()
+    assert result.status == "error" and result.exit_code == 2 and "fewer than this run" in result.message
+    assert (run / "config.toml").read_bytes() == config
+    assert resume(run, "train.epochs=2").status == "ok"
+
+
+def test_a_resume_on_a_read_only_file_system_is_refused_with_the_fix(synth_root, tmp_path):
+    """A run directory on a read-only mount (a copied result share, a snapshot): a clear refusal, exit 2, no
+    traceback. A real read-only bind mount (root only; skipped elsewhere)."""
+    import subprocess
+
+    run = tmp_path / "rw" / "r"
+    assert Trainer(tiny(synth_root, "train.iters=2", "train.epochs=1"), run).fit().status == "ok"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path / "rw"), str(ro)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount read-only here: {mounted.stderr.decode().strip()}")
+    try:
+        if os.access(ro / "r", os.W_OK) and not _really_read_only(ro / "r"):
+            pytest.skip("the bind mount is writable here")
+        result = runner.invoke(app, ["train", "--resume", str(ro / "r"), "--set", "train.epochs=2"])
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    assert result.exit_code == 2, result.output
+    assert "Read-only file system" in result.output and "cp -r" in result.output
+    assert "Traceback" not in result.output
+
+
+def _really_read_only(folder: Path) -> bool:
+    try:
+        (folder / ".probe").write_text("x")
+    except OSError:
+        return True
+    (folder / ".probe").unlink()
+    return False

@@ -264,3 +264,28 @@ def test_tensorboard_can_be_switched_on_when_resuming(tmp_path):
     assert resume_config(tmp_path, ["train.tensorboard=true"]).train.tensorboard is True
     with pytest.raises(ConfigError, match="cannot change on resume"):
         resume_config(tmp_path, ["memory.temp=0.1"])  # a key that changes the computation is still refused
+
+
+def test_a_full_disk_is_one_message_and_the_previous_export_stays(tmp_path):
+    """A real process under a file size limit (writes past it fail with EFBIG, as on a full disk): one line naming
+    the folder and the fix, exit 1 (before: a 139-line traceback), and the earlier export is left as it was."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    run = write_log(tmp_path / "r", RECORDED)
+    assert runner.invoke(app, ["tensorboard", str(run)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (run / "tensorboard").iterdir()}
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))  # the event file's header fits, the scalars do not
+
+    full = subprocess.run([sys.executable, "-m", "hhcl", "tensorboard", str(run)], capture_output=True, text=True,
+                          preexec_fn=limit, env={**os.environ, "COLUMNS": "200"}, timeout=120)
+    assert full.returncode == 1, full.stderr
+    assert "Traceback" not in full.stderr and len(full.stderr.strip().splitlines()) == 1, full.stderr
+    assert f"cannot write the TensorBoard scalars of {run} to {run / 'tensorboard'}" in full.stderr
+    assert "File too large" in full.stderr and "free space" in full.stderr
+    assert {p.name: p.read_bytes() for p in (run / "tensorboard").iterdir()} == before
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary folder left

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,12 +34,16 @@ def pseudo_labels(
     eps: float,
     min_samples: int = 4,
     knn_backend: str = "auto",
+    after_step: Callable[[str], None] | None = None,
 ) -> PseudoLabels:
     """Cluster L2-normalised features [N, D] as the reference does (Jaccard k1/k2, DBSCAN eps/min_samples).
 
     Labels equal sklearn DBSCAN(eps, min_samples, metric='precomputed') on the dense reference Jaccard matrix,
     but only pairs with distance <= eps are ever formed. No clusters at all is a valid result (n_clusters 0).
+    ``after_step(name)`` is called after the kNN and the Jaccard sub-stages (names from CLUSTER_STEPS); it may
+    raise to abandon the clustering there (a stop asked during a long clustering).
     """
+    done = after_step or (lambda name: None)
     check_params(k1, k2)
     if not 0.0 < float(eps) < 1.0:
         raise ValueError(f"cluster.eps must be in (0, 1) (Jaccard distances lie in [0, 1]), got {eps!r}")
@@ -53,7 +58,9 @@ def pseudo_labels(
         n, dev = x.shape[0], x.device
         cuts = order_cuts(k1, k2, n)  # the encoding reads only these sets of the lists: no other tie needs float64
         nb, t_knn = timed(lambda: neighbours(x, k1, backend=knn_backend, cuts=cuts), dev)
+        done("kNN")
         (i, j, _), t_jac = timed(lambda: jaccard_pairs(x, nb, k1=k1, k2=k2, eps=float(eps)), dev)
+        done("Jaccard")
         labels, t_db = timed(lambda: dbscan_graph(n, i, j, min_samples=min_samples), dev)
         sizes = torch.bincount(labels[labels >= 0], minlength=0)
         n_out = int((labels < 0).sum())

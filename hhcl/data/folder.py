@@ -5,10 +5,14 @@ sub-folder, by ``--cam-pattern`` on the file name, or by the ``c<N>`` of a flat 
 in natural order (``cam2`` before ``cam10``), once for train and once for query + gallery together. Unlabelled
 train images get pid = their index in path order (each image its own identity). Identity folders map to pids
 in natural order of their names, the same name in query/ and gallery/ being the same person.
+
+Symbolic links follow :data:`LINKS`: each real folder and image is read once per split, a link never makes a
+loop or a duplicate, and every link left out is named in :attr:`FolderData.notes` (``hhcl prepare`` prints them).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +37,10 @@ LAYOUTS = """accepted layouts of a folder dataset DIR (hidden and non-image file
       <pid>/<img>                   one folder per identity, camera from --cam-pattern
 --cam-pattern REGEX, searched in the file name (its group 'cam', else its first group), gives the camera of
 every image except flat Market names, in place of the camera sub-folder."""
+LINKS = """symbolic links: a link to a folder or image outside the split being read (a camera folder on another
+disk) is followed; a link to a folder or image inside that split is left out (it is read at its own place), so
+is a link to a folder that holds the link (a loop) or to a folder already read, and an image reached twice (two
+links, hard links) is read once, at its first place in sorted path order. Each one left out is named."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class FolderData:
     gallery: list[Sample]
     labelled_train: bool
     cameras: list[Camera]
+    notes: list[str]
 
 
 def natural_key(name: str) -> list[int | str]:
@@ -94,31 +103,87 @@ class CameraPattern:
         return str(int(value)) if value.isdigit() else value
 
 
-def _children(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(images, sub-folders) directly in ``folder``, sorted; hidden entries and other files left out."""
-    images, dirs = [], []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            continue
-        if path.is_dir():
-            dirs.append(path)
-        elif is_image(path):
-            images.append(path)
-    return images, dirs
+def _inode(path: Path) -> tuple[int, int]:
+    """(device, inode) of what ``path`` points at: one real file or folder, however it is reached."""
+    info = path.stat()
+    return info.st_dev, info.st_ino
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Every visible image under ``folder`` (recursive, hidden folders skipped)."""
-    images, dirs = _children(folder)
-    return images + [p for d in dirs for p in _images_under(d)]
+class _Walk:
+    """One split's traversal under ``root`` (``skip``: folders of other splits inside it), applying :data:`LINKS`;
+    what it leaves out goes to ``notes`` (an ordered set shared by the parse)."""
+
+    def __init__(self, root: Path, notes: dict[str, None], skip: tuple[Path, ...] = ()) -> None:
+        self.root = root.resolve()
+        self.skip = tuple(s.resolve() for s in skip)
+        self.notes = notes
+        self.dirs: set[tuple[int, int]] = set()
+        self.files: dict[tuple[int, int], Path] = {}
+
+    def _leave_out(self, path: Path, why: str) -> None:
+        self.notes[f"left out {path}: {why}"] = None
+
+    def _read_in_place(self, target: Path) -> bool:
+        """Whether the real path ``target`` is read at its own place by this walk (inside root, not hidden, not
+        in a skipped split)."""
+        if not target.is_relative_to(self.root) or any(target.is_relative_to(s) for s in self.skip):
+            return False
+        return not any(part.startswith(".") for part in target.relative_to(self.root).parts)
+
+    def _link_kept(self, path: Path, folder: Path, is_dir: bool) -> bool:
+        """Whether the link ``path`` in ``folder`` is followed (:data:`LINKS`); notes the reason when it is not."""
+        target = path.resolve()
+        if is_dir and any(held == target or held.is_relative_to(target) for held in (folder.resolve(), self.root)):
+            self._leave_out(path, f"a link to {target}, a folder that holds it (a loop)")
+        elif self._read_in_place(target):
+            self._leave_out(path, f"a link to {target}, which is read at its own place")
+        else:
+            return True
+        return False
+
+    def children(self, folder: Path) -> tuple[list[Path], list[Path]]:
+        """(images, sub-folders) directly in ``folder``, sorted; hidden entries, other files and the links and
+        duplicates :data:`LINKS` leaves out are not listed."""
+        self.dirs.add(_inode(folder))
+        images, dirs = [], []
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith("."):
+                continue
+            link = path.is_symlink()
+            if link and not path.exists():  # dangling, or a chain of links that loops
+                self._leave_out(path, f"a link to {os.readlink(path)}, which leads to nothing readable")
+                continue
+            is_dir = path.is_dir()
+            if not (is_dir or is_image(path)) or (link and not self._link_kept(path, folder, is_dir)):
+                continue
+            key = _inode(path)
+            if is_dir:
+                if key in self.dirs:
+                    self._leave_out(path, f"{path.resolve()} is a folder already read")
+                    continue
+                self.dirs.add(key)
+                dirs.append(path)
+            elif (first := self.files.setdefault(key, path)) != path:
+                self._leave_out(path, f"the same file as {first}")
+            else:
+                images.append(path)
+        return images, dirs
+
+    def images_under(self, folder: Path) -> list[Path]:
+        """Every image this walk reads under ``folder`` (recursive, hidden folders skipped)."""
+        images, dirs = self.children(folder)
+        return images + [p for d in dirs for p in self.images_under(d)]
 
 
-def _unlabelled(root: Path, cams: CameraPattern | None, skip: tuple[Path, ...]) -> list[tuple[Path, str]]:
+def _unlabelled(
+    root: Path, cams: CameraPattern | None, skip: tuple[Path, ...], notes: dict[str, None]
+) -> list[tuple[Path, str]]:
     """(image, camera name) of the unlabelled train crops under ``root`` (``skip``: the labelled folders)."""
-    images, dirs = _children(root)
+    walk = _Walk(root, notes, skip)
+    images, dirs = walk.children(root)
     dirs = [d for d in dirs if d not in skip]
     if cams is not None:
-        return [(p, cams.camera(p)) for p in images + [p for d in dirs for p in _images_under(d)]]
+        return [(p, cams.camera(p)) for p in images + [p for d in dirs for p in walk.images_under(d)]]
     if images and dirs:
         raise layout_error(
             root,
@@ -128,12 +193,15 @@ def _unlabelled(root: Path, cams: CameraPattern | None, skip: tuple[Path, ...]) 
         )
     if images:
         return [(p, ONE_CAMERA) for p in images]
-    return [(p, d.name) for d in dirs for p in _images_under(d)]
+    return [(p, d.name) for d in dirs for p in walk.images_under(d)]
 
 
-def _labelled(folder: Path, cams: CameraPattern | None) -> tuple[str, list[tuple[Path, int | str, str]]]:
+def _labelled(
+    folder: Path, cams: CameraPattern | None, notes: dict[str, None]
+) -> tuple[str, list[tuple[Path, int | str, str]]]:
     """(MARKET_NAMES or IDENTITY_FOLDERS, [(image, pid or identity folder name, camera name)]) of a split."""
-    images, dirs = _children(folder)
+    walk = _Walk(folder, notes)
+    images, dirs = walk.children(folder)
     if images and dirs:
         raise layout_error(
             folder, f"holds both images ({images[0].name}, ...) and sub-folders ({dirs[0].name}/, ...): use one layout"
@@ -157,7 +225,7 @@ def _labelled(folder: Path, cams: CameraPattern | None) -> tuple[str, list[tuple
     if not dirs:
         raise layout_error(folder, "holds no images")
     for ident in dirs:
-        flat, subs = _children(ident)
+        flat, subs = walk.children(ident)
         if flat and subs:
             raise layout_error(
                 ident,
@@ -172,7 +240,7 @@ def _labelled(folder: Path, cams: CameraPattern | None) -> tuple[str, list[tuple
             )
         out += [(p, ident.name, cams.camera(p)) for p in flat if cams is not None]
         for cam_dir in subs:
-            imgs, deeper = _children(cam_dir)
+            imgs, deeper = walk.children(cam_dir)
             if deeper:
                 raise layout_error(deeper[0], "is a folder too deep: a labelled split is <split>/<pid>/<cam>/<img>")
             out += [(p, ident.name, cams.camera(p) if cams else cam_dir.name) for p in imgs]
@@ -181,10 +249,11 @@ def _labelled(folder: Path, cams: CameraPattern | None) -> tuple[str, list[tuple
     return IDENTITY_FOLDERS, out
 
 
-def _only_splits(top: Path, train_name: str) -> None:
+def _only_splits(top: Path, train_name: str, notes: dict[str, None]) -> None:
     """Beside train/ (or bounding_box_train/) only the split folders may hold images."""
-    images, dirs = _children(top)
-    stray = [d for d in dirs if d.name not in SPLIT_DIRS and _images_under(d)]
+    walk = _Walk(top, notes, tuple(top / d for d in SPLIT_DIRS))
+    images, dirs = walk.children(top)
+    stray = [d for d in dirs if d.name not in SPLIT_DIRS and walk.images_under(d)]
     if images or stray:
         where = stray[0] if stray else images[0]
         raise layout_error(where, f"is not part of the dataset: beside {train_name}/ only query/ and gallery/ may be")
@@ -213,6 +282,7 @@ def parse_folder(top: Path, options: dict) -> FolderData:
     """Parse a folder dataset (see :data:`LAYOUTS`); anything else is a DatasetFormatError naming the folder."""
     pattern = options.get("cam_pattern")
     cams = CameraPattern(pattern) if pattern else None
+    notes: dict[str, None] = {}
     galleries = [top / g for g in GALLERIES if (top / g).is_dir()]
     if len(galleries) > 1:
         raise layout_error(top, "holds both gallery/ and bounding_box_test/: keep one gallery folder")
@@ -226,14 +296,14 @@ def parse_folder(top: Path, options: dict) -> FolderData:
     if labelled_train:
         if (top / TRAIN).is_dir():
             raise layout_error(top, "holds both train/ (unlabelled) and bounding_box_train/ (labelled): keep one")
-        _only_splits(top, LABELLED_TRAIN)
-        raw = [(str(p), pid, cam) for p, pid, cam in _labelled(labelled_dir, cams)[1]]
+        _only_splits(top, LABELLED_TRAIN, notes)
+        raw = [(str(p), pid, cam) for p, pid, cam in _labelled(labelled_dir, cams, notes)[1]]
     else:
         root = top / TRAIN if (top / TRAIN).is_dir() else top
         if root != top:
-            _only_splits(top, TRAIN)
+            _only_splits(top, TRAIN, notes)
         skip = tuple(d for d in (query_dir, gallery_dir) if d is not None)
-        pairs = sorted((str(p), cam) for p, cam in _unlabelled(root, cams, skip))
+        pairs = sorted((str(p), cam) for p, cam in _unlabelled(root, cams, skip, notes))
         if not pairs:
             outside = "" if root != top else " outside query/ and gallery/"
             raise DatasetNotFoundError(
@@ -246,7 +316,7 @@ def parse_folder(top: Path, options: dict) -> FolderData:
     query: list[Sample] = []
     gallery: list[Sample] = []
     if query_dir is not None and gallery_dir is not None:
-        (q_kind, q_items), (g_kind, g_items) = _labelled(query_dir, cams), _labelled(gallery_dir, cams)
+        (q_kind, q_items), (g_kind, g_items) = _labelled(query_dir, cams, notes), _labelled(gallery_dir, cams, notes)
         if q_kind != g_kind:
             raise layout_error(
                 top, f"query/ uses {q_kind} and {gallery_dir.name}/ uses {g_kind}: both must use the same layout"
@@ -256,7 +326,7 @@ def parse_folder(top: Path, options: dict) -> FolderData:
         query, gallery = sorted(_samples(q_items, pids, eval_ids)), sorted(_samples(g_items, pids, eval_ids))
         split_cams = {"query": [c for *_, c in q_items], "gallery": [c for *_, c in g_items]}
         cameras += _cameras("query/gallery", split_cams, eval_ids)
-    return FolderData(train, query, gallery, labelled_train, cameras)
+    return FolderData(train, query, gallery, labelled_train, cameras, list(notes))
 
 
 def parse(top: Path, options: dict) -> tuple[list[Sample], list[Sample], list[Sample]]:

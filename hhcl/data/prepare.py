@@ -4,7 +4,9 @@ Steps: extract the archive safely (or link/copy a folder) -> find the dataset's 
 and compare the image counts with the published ones (a mismatch is a warning) -> decode every image, naming
 each corrupt file (an error unless ``skip_corrupt``) while writing the PIL-bicubic cache -> write
 ``manifest.json``. Idempotent (a prepared dataset is only re-checked) and resumable (cache chunks, extraction
-into a temporary folder).
+into a temporary folder). The manifest is written last, by a prepare that completed; before decoding, the
+placement and the layout options go to ``.pending.json`` (removed with the manifest's writing), so that a re-run
+without ``--src`` (the ``--skip-corrupt`` one a corrupt image asks for) reads the same top folder and options.
 """
 
 from __future__ import annotations
@@ -30,18 +32,27 @@ from hhcl.data.datasets import (
     prepare_hint,
     read_manifest,
 )
-from hhcl.data.folder import SPLIT_DIRS, Camera, parse_folder
-from hhcl.data.store import CorruptImageError, build_cache, cache_paths, corrupt_hint
+from hhcl.data.folder import SPLIT_DIRS, Camera, FolderData, parse_folder
+from hhcl.data.store import (
+    CorruptImageError,
+    build_cache,
+    cache_paths,
+    corrupt_hint,
+    require_cache_space,
+)
+from hhcl.diskspace import disk_error, human_bytes, is_disk_full
 from hhcl.run.atomic import atomic_write_text
 
 SPLITS = ("train", "query", "gallery")
 EXTRACT_DIR = "files"
+PENDING = ".pending.json"  # placement and options of a prepare that has not completed (no manifest yet)
 
 
 @dataclass
 class PrepareReport:
     """What prepare did: where the dataset is, its counts (images, identities: None when unlabelled, cameras),
-    the cameras a folder dataset found, warnings, skipped files and caches."""
+    the cameras a folder dataset found, warnings, notes (links a folder dataset left out), skipped files and
+    caches."""
 
     name: str
     root: Path
@@ -52,6 +63,7 @@ class PrepareReport:
     cameras: list[Camera] = field(default_factory=list)
     published: dict[str, int] | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     caches: list[Path] = field(default_factory=list)
     extracted: bool = False
@@ -60,6 +72,15 @@ class PrepareReport:
 
 def _write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1))
+
+
+def _recorded(root: Path, name: str) -> dict | None:
+    """What the last prepare of ``name`` recorded (top, source, options): the placement of one that did not
+    complete (a corrupt image, an interruption: newer than any manifest), else the manifest, else None."""
+    try:
+        return json.loads((root / name / PENDING).read_text())
+    except (OSError, json.JSONDecodeError):
+        return read_manifest(root, name)
 
 
 def _candidates(folder: Path, depth: int = 4) -> list[Path]:
@@ -84,6 +105,8 @@ def locate_top(folder: Path, spec: DatasetSpec) -> Path:
             entries = [e for e in top.iterdir() if not e.name.startswith(".")]
             if len(entries) != 1 or not entries[0].is_dir() or entries[0].name in SPLIT_DIRS:
                 return top
+            if top.resolve().is_relative_to(entries[0].resolve()):  # a link to a folder holding it: a loop
+                return top
             top = entries[0]
     candidates = _candidates(folder)
     for cand in candidates:
@@ -105,12 +128,42 @@ def locate_top(folder: Path, spec: DatasetSpec) -> Path:
     raise DatasetNotFoundError(f"{spec.name} layout incomplete: missing folder(s) {', '.join(missing)}")
 
 
-def _place(name: str, spec: DatasetSpec, src: Path | None, base: Path, manifest: dict | None, copy: bool):
-    """Extract/link/copy ``src`` into ``base``; returns (top folder, whether something was extracted)."""
+def _placed_top(base: Path, spec: DatasetSpec) -> Path:
+    """The top folder an earlier prepare placed in ``base`` when no manifest records it (extracted into
+    ``files/``, or a folder dataset linked or copied as ``images``), else the dataset put into ``base`` by hand.
+    Never ``base`` itself when it holds the placed folder beside the cache: that would read both as cameras."""
+    if (base / EXTRACT_DIR).is_dir():
+        return locate_top(base / EXTRACT_DIR, spec)
+    placed = base / spec.tops[0]
+    if not any(spec.layouts[0]) and placed.is_dir():
+        return placed
+    return locate_top(base, spec)
+
+
+def _copy_files(top: Path, files: list[str], dest: Path) -> None:
+    """Copy the image ``files`` (paths under ``top``, links followed) to the same places under ``dest``."""
+    for path in files:
+        target = dest / os.path.relpath(path, top)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+
+
+def _place(
+    name: str,
+    spec: DatasetSpec,
+    src: Path | None,
+    base: Path,
+    manifest: dict | None,
+    copy: bool,
+    folder: FolderData | None = None,
+):
+    """Extract/link/copy ``src`` into ``base``; returns (top folder, whether something was extracted). A folder
+    dataset is copied as the images its parse ``folder`` reads (links followed once, loops and duplicates left
+    out), so the copy parses the same."""
     if src is None:
         if manifest and (base / manifest["top"]).is_dir():
             return base / manifest["top"], False
-        return locate_top(base, spec), False
+        return _placed_top(base, spec), False
     src = Path(src).expanduser()
     if not src.exists():
         raise FileNotFoundError(
@@ -138,7 +191,11 @@ def _place(name: str, spec: DatasetSpec, src: Path | None, base: Path, manifest:
     if copy:
         tmp = link.with_name(link.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(top, tmp, symlinks=False)
+        if folder is not None:
+            tmp.mkdir()
+            _copy_files(top, [s.path for s in (*folder.train, *folder.query, *folder.gallery)], tmp)
+        else:
+            shutil.copytree(top, tmp, symlinks=False)
         tmp.rename(link)
     else:
         link.symlink_to(top.resolve(), target_is_directory=True)
@@ -168,12 +225,13 @@ def prepare_dataset(
         raise FileNotFoundError(
             f"--src {src} does not exist: give the {name} archive (.zip/.tar[.gz]) or its folder"
         )
-    manifest = read_manifest(Path(root), name)
+    manifest = _recorded(Path(root), name)
     opts = {**(manifest or {}).get("options", {}), **(options or {})}
+    folder = None
     if name == "folder" and src is not None and Path(src).expanduser().is_dir():
-        parse_folder(locate_top(Path(src).expanduser(), spec), opts)  # refuse a bad tree naming the user's paths
+        folder = parse_folder(locate_top(Path(src).expanduser(), spec), opts)  # refuse a bad tree, the user's paths
     base.mkdir(parents=True, exist_ok=True)
-    top, extracted = _place(name, spec, None if src is None else Path(src), base, manifest, copy)
+    top, extracted = _place(name, spec, None if src is None else Path(src), base, manifest, copy, folder)
     return _finish(name, spec, base, top, opts, src, height, width, skip_corrupt, progress, extracted, start)
 
 
@@ -190,6 +248,7 @@ def _finish(
     report.cams = {k: len({s.camid for s in v}) for k, v in splits.items()}
     if folder is not None:
         report.cameras = folder.cameras
+        report.notes = folder.notes
         if not folder.labelled_train:
             report.ids["train"] = None
     if spec.counts:
@@ -201,6 +260,13 @@ def _finish(
         ]
     if counts["train"] == 0:
         raise DatasetNotFoundError(f"no train images found in {top}")
+    require_cache_space(base, splits, height, width)  # all three, before the first is written
+    placed = {
+        "top": os.path.relpath(top, base),
+        "source": str(Path(src).resolve()) if src is not None else None,
+        "options": opts,
+    }
+    _write_json(base / PENDING, placed)  # a re-run without --src (or cut short) reuses the placement and options
     corrupt: list[str] = []
     for split, samples in splits.items():
         if samples:
@@ -214,9 +280,7 @@ def _finish(
     manifest = {
         "version": 1,
         "dataset": name,
-        "top": os.path.relpath(top, base),
-        "source": str(Path(src).resolve()) if src is not None else None,
-        "options": opts,
+        **placed,
         "counts": counts,
         "published": report.published,
         "skipped": [os.path.relpath(p, top) for p in corrupt],
@@ -226,14 +290,17 @@ def _finish(
     if old.get("top") == manifest["top"]:
         manifest["caches"] = sorted(set(old.get("caches", [])) | set(manifest["caches"]))
     _write_json(base / MANIFEST, manifest)
+    (base / PENDING).unlink(missing_ok=True)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def check_prepared(name: str, root: str | Path, *, height: int, width: int) -> str:
+def check_prepared(name: str, root: str | Path, *, height: int, width: int, cache: bool = True) -> str:
     """One line saying that dataset ``name`` under ``root`` is ready to train on: where it is, its image and
-    camera counts, whether its cache at ``height`` x ``width`` exists; a DatasetNotFoundError (naming the prepare
-    command) or DatasetFormatError when it is not. What ``hhcl train --dry-run`` checks."""
+    camera counts, whether its cache at ``height`` x ``width`` exists (``cache``: whether the run uses one) and,
+    when it is still to build, its size; a DatasetNotFoundError (naming the prepare command) or
+    DatasetFormatError when it is not ready, a :class:`hhcl.diskspace.DiskSpaceError` when the cache to build
+    does not fit on the data root's disk. What ``hhcl train --dry-run`` checks."""
     data = build_dataset(name, root)
     if not data.train:
         hint = prepare_hint(name, Path(root))
@@ -244,8 +311,12 @@ def check_prepared(name: str, root: str | Path, *, height: int, width: int) -> s
         parts.append(f"query {len(data.query):,}, gallery {len(data.gallery):,}")
     else:
         parts.append("no query/gallery, so the run is never evaluated")
-    ready = all(cache_paths(data.root, s, height, width)[0].is_file() for s in SPLITS if data.split(s))
-    parts.append(f"cache {height}x{width}: {'ready' if ready else 'built on first use'}")
+    if not cache:
+        parts.append("no cache (data.cache = false): images are decoded at every use")
+        return "; ".join(parts)
+    needed = require_cache_space(data.root, {s: data.split(s) for s in SPLITS}, height, width)
+    built = f"built on first use ({human_bytes(needed)}, fits on the disk)" if needed else "ready"
+    parts.append(f"cache {height}x{width}: {built}")
     return "; ".join(parts)
 
 
@@ -278,15 +349,31 @@ def prepare_synthetic(
         files = generate(ids, cams, seed, camera_bias)
         tmp = top.with_name(top.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        for folder in ("bounding_box_train", "query", "bounding_box_test"):
-            (tmp / folder).mkdir(parents=True)
-        for folder, fname, img in files:
-            Image.fromarray(np.ascontiguousarray(img)).save(tmp / folder / fname, quality=95)
+        _write_images(tmp, files)
         (base / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(base / "cache", ignore_errors=True)
         shutil.rmtree(top, ignore_errors=True)
         tmp.rename(top)
     return _finish("synthetic", spec, base, top, opts, None, height, width, False, progress, fresh, start)
+
+
+def _write_images(folder: Path, files: list[tuple[str, str, np.ndarray]]) -> None:
+    """Save the synthetic ``files`` (sub-folder, name, image) as JPEGs under ``folder``; a disk that fills up
+    removes ``folder`` (nothing half-written stays) and raises a DiskSpaceError naming the file."""
+    path = folder
+    try:
+        for sub in ("bounding_box_train", "query", "bounding_box_test"):
+            path = folder / sub
+            path.mkdir(parents=True)
+        for sub, fname, img in files:
+            path = folder / sub / fname
+            Image.fromarray(np.ascontiguousarray(img)).save(path, quality=95)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        shutil.rmtree(folder, ignore_errors=True)
+        fix = "free space on it, use another data root (--root), or generate fewer people (--ids)"
+        raise disk_error(err, path, fix) from None
 
 
 __all__ = [

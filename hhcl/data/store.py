@@ -4,27 +4,40 @@ The reference's first transform is ``Resize((H, W), interpolation=PIL.BICUBIC)``
 once per image (quirk #7). A cache is ``<dataset>/cache/<split>_<H>x<W>.npy`` (uint8 [N, 3, H, W]) plus a
 ``.json`` index of the relative paths of its rows and of the rows that failed to decode (zeroed, recorded as
 ``corrupt``: ``open_split`` refuses a split holding one); it is built in chunks into ``.partial`` files whose
-``done`` counter makes an interrupted build resume, then renamed into place.
+``done`` counter makes an interrupted build resume, then renamed into place. The array's blocks are reserved on
+disk before a byte of it is written (``hhcl.diskspace``): a cache that does not fit is refused with a message,
+never left to die of SIGBUS in a sparse memory map, and a build that runs out of space leaves no part file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from hhcl.data.datasets import ReIDDataset, Sample
+from hhcl.diskspace import disk_error, is_disk_full, require_free, reserve
 from hhcl.run.atomic import atomic_write_text
 
 CHUNK = 512
+#: how images are decoded into a cache, stamped into its index: 2 = EXIF orientation applied, 16-bit and float
+#: greyscale scaled (:func:`upright_rgb`); an index without it (or another) is stale and the cache is rebuilt
+DECODE_VERSION = 2
+#: what to do when a cache does not fit (after "... is free on that disk; ")
+CACHE_FIX = (
+    "free space on it, use another data root (--root), or cache smaller images "
+    "(data.height/data.width; hhcl prepare: --height/--width)"
+)
 
 
 class CorruptImageError(ValueError):
@@ -53,10 +66,31 @@ def decode_threads(workers: int | None) -> int:
     return workers
 
 
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB the way it is meant to be seen (PIL's ``convert("RGB")`` alone gets both wrong): its
+    EXIF orientation applied (phone and body-cam crops are stored sideways), 16-bit greyscale (``I;16``, ``I;16B``,
+    ..., thermal and depth cameras) mapped to 8 bits by ``>> 8``, the faithful full-range mapping (convert clips
+    it white), and 32-bit integer or float greyscale (``I``, ``F``: no fixed range) stretched from the image's own
+    minimum..maximum to 0..255 (a flat image is black); a float image holding NaN or inf is a ValueError."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16"):
+        grey = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+    elif img.mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"a {img.mode} image holding NaN or infinite values")
+        low, span = values.min(), np.ptp(values)
+        grey = np.rint((values - low) * (255 / span) if span else np.zeros_like(values)).astype(np.uint8)
+    else:
+        return img.convert("RGB")
+    return Image.fromarray(grey).convert("RGB")
+
+
 def load_image(path: str | Path, height: int, width: int) -> np.ndarray:
-    """Decode ``path`` as RGB and resize with PIL bicubic (the reference's first transform): uint8 [3, H, W]."""
+    """Decode ``path`` as upright 8-bit RGB (:func:`upright_rgb`) and resize with PIL bicubic (the reference's
+    first transform): uint8 [3, H, W]."""
     with Image.open(path) as img:
-        rgb = img.convert("RGB").resize((width, height), Image.BICUBIC)
+        rgb = upright_rgb(img).resize((width, height), Image.BICUBIC)
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
 
 
@@ -93,8 +127,76 @@ def cache_paths(dataset_dir: Path, split: str, height: int, width: int) -> tuple
     return stem.with_suffix(".npy"), stem.with_suffix(".json")
 
 
+def _part_paths(dataset_dir: Path, split: str, height: int, width: int) -> tuple[Path, Path]:
+    """The (array, index) files of a split's cache while it is being built."""
+    arr_path, idx_path = cache_paths(dataset_dir, split, height, width)
+    return arr_path.with_name(arr_path.stem + ".partial.npy"), idx_path.with_name(idx_path.stem + ".partial.json")
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` (version 1.0) header of a C-order uint8 array of ``shape``: what ``np.load`` maps it with."""
+    buffer = io.BytesIO()
+    descr = np.lib.format.dtype_to_descr(np.dtype(np.uint8))
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def _build_bytes(dataset_dir: Path, split: str, rel: list[str], height: int, width: int) -> int:
+    """Disk bytes that building ``split``'s cache of the rows ``rel`` still needs: the array (N x 3 x H x W plus
+    its header, less what an interrupted build has already reserved) and its index files (the partial one, the
+    final one and a temporary copy)."""
+    shape = (len(rel), 3, height, width)
+    part_arr, _ = _part_paths(dataset_dir, split, height, width)
+    reserved = part_arr.stat().st_blocks * 512 if part_arr.is_file() else 0
+    array = len(_npy_header(shape)) + math.prod(shape)
+    return max(0, array - reserved) + 3 * len(json.dumps({"paths": rel, "done": len(rel), "corrupt": []}))
+
+
+def cache_bytes(dataset_dir: Path, split: str, samples: Sequence[Sample], height: int, width: int) -> int:
+    """Disk bytes that ``split``'s cache of ``samples`` at ``height`` x ``width`` still needs: 0 when a complete
+    cache holds every sample (the one ``open_split`` reads), else what building it takes."""
+    dataset_dir = Path(dataset_dir)
+    rel = [os.path.relpath(s.path, dataset_dir) for s in samples]
+    existing = read_cache_index(dataset_dir, split, height, width)
+    if existing is not None and set(rel) <= set(existing.paths):
+        return 0
+    return _build_bytes(dataset_dir, split, rel, height, width)
+
+
+def _require_space(dataset_dir: Path, needed: dict[str, int], height: int, width: int) -> None:
+    """Refuse building caches that need ``needed`` bytes (split -> bytes) on the data root's disk when they do
+    not fit, naming the first cache file."""
+    missing = [s for s, n in needed.items() if n]
+    if missing:
+        first = cache_paths(dataset_dir, missing[0], height, width)[0]
+        what = f"the {', '.join(missing)} image cache{'s' * (len(missing) > 1)} at {height}x{width}"
+        require_free(first, sum(needed.values()), what, CACHE_FIX)
+
+
+def require_cache_space(
+    dataset_dir: Path, splits: Mapping[str, Sequence[Sample]], height: int, width: int
+) -> int:
+    """Refuse, before a byte is written, building the caches of ``splits`` that the data root's disk cannot hold:
+    a :class:`hhcl.diskspace.DiskSpaceError` (ENOSPC) naming the cache file, the bytes needed and free, and the
+    fix. Returns the bytes the missing caches need (0: all complete)."""
+    needed = {s: cache_bytes(dataset_dir, s, samples, height, width) for s, samples in splits.items() if samples}
+    _require_space(Path(dataset_dir), needed, height, width)
+    return sum(needed.values())
+
+
+def _open_part(part_arr: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The partial cache array (created when missing) memory-mapped for writing, its every block reserved on
+    disk first: a write into it can no longer find the disk full."""
+    header = _npy_header(shape)
+    if not part_arr.is_file():
+        part_arr.write_bytes(header)
+    reserve(part_arr, len(header) + math.prod(shape))
+    return np.load(part_arr, mmap_mode="r+")
+
+
 def _write_json(path: Path, obj: dict) -> None:
-    atomic_write_text(path, json.dumps(obj))
+    """Write a cache index or part index, stamped with the :data:`DECODE_VERSION` its rows were decoded with."""
+    atomic_write_text(path, json.dumps({**obj, "decode": DECODE_VERSION}))
 
 
 class CacheIndex(NamedTuple):
@@ -106,7 +208,8 @@ class CacheIndex(NamedTuple):
 
 
 def read_cache_index(dataset_dir: Path, split: str, height: int, width: int) -> CacheIndex | None:
-    """The index of a complete cache, or None when there is no complete cache."""
+    """The index of a complete cache, or None when there is no complete cache decoded as this code decodes
+    (:data:`DECODE_VERSION`)."""
     arr_path, idx_path = cache_paths(dataset_dir, split, height, width)
     if not (arr_path.is_file() and idx_path.is_file()):
         return None
@@ -114,7 +217,7 @@ def read_cache_index(dataset_dir: Path, split: str, height: int, width: int) -> 
         index = json.loads(idx_path.read_text())
     except json.JSONDecodeError:
         return None
-    if not index.get("complete"):
+    if not index.get("complete") or index.get("decode") != DECODE_VERSION:
         return None
     return CacheIndex(index["paths"], _relative(index.get("corrupt", []), index["paths"], dataset_dir))
 
@@ -160,7 +263,9 @@ def build_cache(
 
     Corrupt rows are zeroed and recorded in the index. ``workers`` decoding threads (None: min(8, CPUs); 0: the
     calling thread). Idempotent: a complete cache holding exactly these paths is kept, but its corrupt rows are
-    decoded again, so a file fixed in place is picked up.
+    decoded again, so a file fixed in place is picked up. A cache the disk cannot hold is refused before a byte
+    is written, and running out of space (or past ``ulimit -f``) removes the part files: both raise
+    :class:`hhcl.diskspace.DiskSpaceError` naming the cache file and the fix.
     """
     dataset_dir = Path(dataset_dir)
     threads = decode_threads(workers)
@@ -172,23 +277,54 @@ def build_cache(
         still = _retry_corrupt(dataset_dir, split, existing, full, height, width) if existing.corrupt else []
         return [full[r] for r in still]
     arr_path.parent.mkdir(parents=True, exist_ok=True)
-    part_arr = arr_path.with_name(arr_path.stem + ".partial.npy")
-    part_idx = idx_path.with_name(idx_path.stem + ".partial.json")
+    part_arr, part_idx = _part_paths(dataset_dir, split, height, width)
     state = {"paths": rel, "done": 0, "corrupt": []}
     if part_arr.is_file() and part_idx.is_file():
         try:
             old = json.loads(part_idx.read_text())
-            if old.get("paths") == rel:
+            if old.get("paths") == rel and old.get("decode") == DECODE_VERSION:
                 state = {**old, "corrupt": _relative(old.get("corrupt", []), rel, dataset_dir)}
         except json.JSONDecodeError:
             pass
-    shape = (len(samples), 3, height, width)
     if state["done"] == 0 or not part_arr.is_file():
         state["done"], state["corrupt"] = 0, []
-        array = np.lib.format.open_memmap(part_arr, mode="w+", dtype=np.uint8, shape=shape)
-    else:
-        array = np.load(part_arr, mmap_mode="r+")
-    paths = [s.path for s in samples]
+        part_arr.unlink(missing_ok=True)  # a stale build's: its blocks count as free space
+    _require_space(dataset_dir, {split: _build_bytes(dataset_dir, split, rel, height, width)}, height, width)
+    try:
+        _fill_cache(part_arr, part_idx, state, samples, split, height, width, progress=progress, threads=threads)
+        idx_path.unlink(missing_ok=True)  # an older cache's index never describes the new array
+        os.replace(part_arr, arr_path)
+        try:
+            _write_json(idx_path, {"paths": rel, "complete": True, "corrupt": state["corrupt"]})
+        except BaseException:
+            arr_path.unlink(missing_ok=True)  # never read without its index: give its space back
+            raise
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        part_arr.unlink(missing_ok=True)
+        part_idx.unlink(missing_ok=True)
+        raise disk_error(err, arr_path, CACHE_FIX) from None
+    part_idx.unlink(missing_ok=True)
+    return [full[r] for r in state["corrupt"]]
+
+
+def _fill_cache(
+    part_arr: Path,
+    part_idx: Path,
+    state: dict,
+    samples: Sequence[Sample],
+    split: str,
+    height: int,
+    width: int,
+    *,
+    progress: bool,
+    threads: int,
+) -> None:
+    """Decode ``samples[state["done"]:]`` into the reserved part array in chunks, recording ``state`` (rows
+    done, corrupt rows) in the part index after each chunk, so that an interrupted build resumes."""
+    rel, paths = state["paths"], [s.path for s in samples]
+    array = _open_part(part_arr, (len(paths), 3, height, width))
     pool_cm = ThreadPoolExecutor(threads) if threads else contextlib.nullcontext()
     with pool_cm as pool, _progress(progress) as bar:
         decode = pool.map if pool is not None else map
@@ -206,10 +342,6 @@ def build_cache(
             _write_json(part_idx, state)
             bar.update(task, completed=state["done"])
     del array
-    os.replace(part_arr, arr_path)
-    _write_json(idx_path, {"paths": rel, "complete": True, "corrupt": state["corrupt"]})
-    part_idx.unlink(missing_ok=True)
-    return [full[r] for r in state["corrupt"]]
 
 
 def _progress(enabled: bool):

@@ -31,6 +31,16 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def naming(err: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``err`` with ``path`` as its file name when it has none (a failed ``write`` does not say which file), so
+    the message of a full disk names the file that could not be written."""
+    if err.filename is not None:
+        return err
+    named = OSError(err.errno, err.strerror or str(err), os.fspath(path))
+    named.__cause__ = err
+    return named
+
+
 def write_tmp(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to a fresh temporary file beside ``path`` (fsynced); returns its path.
 
@@ -48,6 +58,9 @@ def write_tmp(path: str | os.PathLike[str], data: bytes) -> Path:
             handle.write(data[half:])
             handle.flush()
             os.fsync(handle.fileno())
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise naming(err, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

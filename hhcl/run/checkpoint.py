@@ -25,6 +25,7 @@ from torch import nn
 
 from hhcl.checkpoint import weights_bytes
 from hhcl.config import Config, ConfigError, from_dict, load_config
+from hhcl.diskspace import require_free
 from hhcl.run.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, remove_stray_tmp, write_tmp
 from hhcl.run.faults import fault_point
 from hhcl.run.layout import CHECKPOINTS, LAST_STATE, LAST_WEIGHTS, RunLayout
@@ -35,8 +36,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-#: keys that may change when a run is resumed; anything else would change what the run computes
-# what may change on resume: none changes what the run computes (tensorboard only adds a log writer)
+#: keys that may change when a run is resumed; none changes what the run computes (tensorboard only adds a
+#: log writer; train.epochs may not go below what the checkpoint has trained: resume_epochs_error)
 RESUMABLE_KEYS = (
     "train.epochs", "train.eval_every", "train.device", "train.tensorboard", "data.root", "data.workers"
 )
@@ -59,6 +60,33 @@ def resume_config(run_dir: str | os.PathLike[str], overrides: list[str] | tuple[
                 f"allowed on resume: {', '.join(RESUMABLE_KEYS)}. Start a new run to change it."
             )
     return load_config(path, list(overrides))
+
+
+def resume_epochs_error(epochs: int, epoch: int, it: int, config_path: Path) -> str | None:
+    """Why ``train.epochs = epochs`` cannot continue a checkpoint at (``epoch``, ``it``), or None when it can.
+
+    A resume may extend a run or end it earlier, but not below what it has already trained: the config would
+    then describe fewer epochs than the weights went through (a mid-epoch checkpoint has started ``epoch + 1``).
+    """
+    trained = epoch + (1 if it else 0)
+    if epochs >= trained:
+        return None
+    where = f"inside epoch {epoch + 1}" if it else f"after epoch {epoch}"
+    return (
+        f"train.epochs = {epochs} is fewer than this run has already trained (its checkpoint is {where}): give "
+        f"train.epochs >= {trained} (or leave it as {config_path} has it), or start a new run for fewer epochs."
+    )
+
+
+def checkpoint_position(layout: RunLayout) -> tuple[int, int] | None:
+    """The (epoch, iter) the last checkpoint continues from, read from its weights file's header alone (cheap,
+    for checks before a run starts); None without a checkpoint or for files that do not record it."""
+    try:
+        with safe_open(str(layout.last_weights), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        return int(meta["epoch"]), int(meta["iter"])
+    except (SafetensorError, OSError, ValueError, KeyError):
+        return None
 
 
 def _flat(cfg: Config) -> dict[str, Any]:
@@ -120,11 +148,12 @@ class Checkpointer:
         self.enabled = enabled
 
     # -- writing -------------------------------------------------------------------------------
-    def _weights(self, pair: str, epoch: int, best_mAP: float) -> bytes:
+    def _weights(self, pair: str, epoch: int, it: int, best_mAP: float) -> bytes:
         meta = {
             "format": "hhcl",
             "config": self.config.to_toml(),
             "epoch": str(epoch),
+            "iter": str(it),
             "mAP": f"{best_mAP:.6f}",
             "run": self.layout.root.name,
             "pair": pair,
@@ -142,13 +171,15 @@ class Checkpointer:
         mid_epoch: dict[str, Any] | None = None,
         cluster_eps: float | None = None,
     ) -> list[str]:
-        """Write ``best.safetensors`` (when ``is_best``) then the last pair; returns the files written (relative)."""
+        """Write ``best.safetensors`` (when ``is_best``) then the last pair; returns the files written (relative).
+
+        All of it is serialised first and checked against the free disk space: a checkpoint that cannot fit is
+        refused before a byte is written (a :class:`hhcl.diskspace.DiskSpaceError` naming it), so the previous
+        one stays whole."""
         if not self.enabled:
             return []
         written = []
-        if is_best:
-            atomic_write_bytes(self.layout.best_weights, self._weights(uuid.uuid4().hex, epoch, best_mAP))
-            written.append(f"{CHECKPOINTS}/{self.layout.best_weights.name}")
+        best = self._weights(uuid.uuid4().hex, epoch, it, best_mAP) if is_best else b""
         pair = uuid.uuid4().hex
         state = TrainingState(
             epoch=epoch,
@@ -164,7 +195,17 @@ class Checkpointer:
             cluster_eps=cluster_eps,
             **(mid_epoch or {}),
         )
-        self._write_pair(self._weights(pair, epoch, best_mAP), state_bytes(state), pair, f"{epoch}:{it}")
+        weights, state_data = self._weights(pair, epoch, it, best_mAP), state_bytes(state)
+        require_free(
+            self.layout.last_weights,
+            len(best) + len(weights) + len(state_data),  # the new files sit beside the old ones until renamed
+            f"the checkpoint ({LAST_WEIGHTS} + {LAST_STATE}{' + best.safetensors' if is_best else ''})",
+            "free space on it (the previous checkpoint is kept)",
+        )
+        if is_best:
+            atomic_write_bytes(self.layout.best_weights, best)
+            written.append(f"{CHECKPOINTS}/{self.layout.best_weights.name}")
+        self._write_pair(weights, state_data, pair, f"{epoch}:{it}")
         written.insert(0, f"{CHECKPOINTS}/{LAST_WEIGHTS}")
         return written
 

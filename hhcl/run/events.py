@@ -17,7 +17,6 @@ import dataclasses
 import json
 import math
 import os
-import socket
 import threading
 import time
 import types
@@ -28,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
+from hhcl.run.atomic import naming
 from hhcl.run.layout import RunLayout
+from hhcl.run.lock import this_process
 
 VERSION = 1
 RUN_STATUSES = ("ok", "error", "interrupted")
@@ -77,6 +78,8 @@ class RunStart(Event):
     notes: list[str] = field(default_factory=list)
     pid: int | None = None
     host: str | None = None
+    started: int | None = None  # the process's start time (clock ticks since boot): a reused pid is not this run
+    boot: str | None = None  # the kernel's boot id
 
 
 @dataclass(kw_only=True)
@@ -175,6 +178,8 @@ class Heartbeat(Event):
     type: ClassVar[str] = "heartbeat"
     pid: int | None = None
     host: str | None = None
+    started: int | None = None
+    boot: str | None = None
 
 
 #: the long stages a ``progress`` event names, as users read them
@@ -291,8 +296,11 @@ class EventWriter:
         line = (json.dumps(data, separators=(", ", ": "), allow_nan=False) + "\n").encode("utf-8")
         with self._lock:
             if self._fh is not None:
-                self._fh.write(line)
-                self._fh.flush()
+                try:
+                    self._fh.write(line)
+                    self._fh.flush()
+                except OSError as err:
+                    raise naming(err, self.path) from None
                 self._last_write = time.monotonic()
         return data
 
@@ -302,7 +310,7 @@ class EventWriter:
         if not self.enabled:
             yield
             return
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        me = this_process()
         self.emit(Heartbeat(**me))
         stop = threading.Event()
 

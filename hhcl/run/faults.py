@@ -5,7 +5,8 @@ the two files of a checkpoint, half-way through a write, at a chosen step). Poin
 ``step:1:0`` (after epoch index 1, iteration 0), ``checkpoint:2:0:weights-written`` (the checkpoint of
 position epoch 2 iteration 0) or ``write:last.state.pt:half`` (the first time that file is half written).
 Actions: ``kill`` (SIGKILL this process), ``term`` (SIGTERM), ``int`` (SIGINT), ``int2`` (SIGINT twice),
-``stop`` (SIGSTOP: alive but frozen).
+``stop`` (SIGSTOP: alive but frozen), ``hang`` (sleeps for ever: alive and frozen where a signal cannot stop
+the process, as pid 1 of a container).
 Without the variable, :func:`fault_point` is a dictionary lookup and nothing else.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from functools import cache
 
 ENV = "HHCL_FAULT"
@@ -31,8 +33,8 @@ def _plan() -> dict[str, str]:
     plan = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         point, _, action = item.rpartition("=")
-        if action not in _SIGNALS or not point:
-            raise ValueError(f"{ENV}: '{item}' is not <point>=<action> with action in {', '.join(_SIGNALS)}")
+        if (action not in _SIGNALS and action != "hang") or not point:
+            raise ValueError(f"{ENV}: '{item}' is not <point>=<action> with action in {', '.join(_SIGNALS)}, hang")
         plan[point] = action
     return plan
 
@@ -43,5 +45,8 @@ def fault_point(name: str) -> None:
     if not plan:
         return
     action = plan.pop(name, None)
+    if action == "hang":
+        while True:
+            time.sleep(3600)
     for sig in _SIGNALS.get(action or "", ()):
         os.kill(os.getpid(), sig)

@@ -3,6 +3,11 @@
 ``labels/train.tsv`` lists the train images in the order the labels index them (path, identity or -1 when the
 train set has none, camera id), written once per run; ``labels/epoch_NNN.npy`` holds one epoch's labels (-1 for
 outliers). ``hhcl clusters`` draws them, and a copied run directory keeps them.
+
+A file name may hold any character but ``/`` and NUL, tabs and line breaks included, so a path is written with
+:func:`quote_name` (``%`` and every character Python splits lines on, tab included, percent-encoded as their
+UTF-8 bytes: ``%25``, ``%09``, ``%0A``, ...) and read with :func:`unquote_name`; other names are written as they
+are, so files written before the encoding read the same (unless a name held one of those escapes literally).
 """
 
 from __future__ import annotations
@@ -20,6 +25,20 @@ from hhcl.run.layout import RunLayout
 
 TRAIN_INDEX = "train.tsv"
 _EPOCH_FILE = re.compile(r"^epoch_(\d{3,})\.npy$")
+_ESCAPED = "%\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # "%", tab, and what str.splitlines splits on
+_QUOTE = {c: "".join(f"%{b:02X}" for b in c.encode()) for c in _ESCAPED}
+_UNQUOTE = {v: k for k, v in _QUOTE.items()}
+_QUOTED = re.compile("|".join(map(re.escape, _UNQUOTE)))
+
+
+def quote_name(name: str) -> str:
+    """``name`` with ``%``, tab and line breaks percent-encoded: one field of a tab-separated line, whatever the name."""
+    return "".join(_QUOTE.get(c, c) for c in name)
+
+
+def unquote_name(text: str) -> str:
+    """The name :func:`quote_name` wrote as ``text``."""
+    return _QUOTED.sub(lambda m: _UNQUOTE[m.group()], text)
 
 
 class LabelsError(ValueError):
@@ -36,22 +55,26 @@ class TrainIndex:
 
 
 def save_train_index(layout: RunLayout, paths: Sequence[str], pids: Sequence[int] | None, camids: Sequence[int]) -> None:
-    """Write ``train.tsv`` (``pids`` None: the train set has no identities)."""
+    """Write ``train.tsv`` (``pids`` None: the train set has no identities), paths quoted (:func:`quote_name`)."""
     pid_list = list(pids) if pids is not None else [-1] * len(paths)
-    rows = ["path\tpid\tcamid", *(f"{p}\t{int(i)}\t{int(c)}" for p, i, c in zip(paths, pid_list, camids, strict=True))]
+    rows = [
+        "path\tpid\tcamid",
+        *(f"{quote_name(p)}\t{int(i)}\t{int(c)}" for p, i, c in zip(paths, pid_list, camids, strict=True)),
+    ]
     atomic_write_text(layout.labels / TRAIN_INDEX, "\n".join(rows) + "\n")
 
 
 def read_train_index(layout: RunLayout) -> TrainIndex:
-    """The image list the run's labels index."""
+    """The image list the run's labels index (rows split on line feeds only, paths unquoted)."""
     path = layout.labels / TRAIN_INDEX
     if not path.is_file():
         raise LabelsError(f"{path} is missing: this run keeps no pseudo labels (runs before hhcl kept them did not)")
-    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    lines = path.read_text(encoding="utf-8").split("\n")[1:]
     cols = [line.rsplit("\t", 2) for line in lines if line]
     if any(len(c) != 3 for c in cols):
         raise LabelsError(f"{path} is malformed: expected 'path<TAB>pid<TAB>camid' rows")
-    return TrainIndex([c[0] for c in cols], np.array([int(c[1]) for c in cols], np.int64), np.array([int(c[2]) for c in cols], np.int64))
+    paths = [unquote_name(c[0]) for c in cols]
+    return TrainIndex(paths, np.array([int(c[1]) for c in cols], np.int64), np.array([int(c[2]) for c in cols], np.int64))
 
 
 def save_epoch_labels(layout: RunLayout, epoch: int, labels: np.ndarray) -> Path:

@@ -121,6 +121,32 @@ def check_runs_dir(runs_dir: str | os.PathLike[str]) -> Path:
     return runs
 
 
+def check_run_name(name: str, runs_dir: str | os.PathLike[str]) -> str:
+    """``--name`` must be one folder name inside ``--runs-dir``: no path separators, no ``.``/``..``, no control
+    characters (they break logs and pasted commands), and short enough for the file system; else RunDirError."""
+    problem = None
+    if not name.strip():
+        problem = "is empty"
+    elif "/" in name or (os.altsep and os.altsep in name) or os.sep in name or name in (".", ".."):
+        problem = "is a path, not a name: runs are created inside --runs-dir, give --runs-dir for another folder"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "holds a control character (newline, tab, ...)"
+    else:
+        existing = Path(runs_dir)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            limit = os.pathconf(existing, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            limit = 255
+        if len(name.encode("utf-8", "surrogateescape")) > limit:
+            problem = f"is {len(name.encode('utf-8', 'surrogateescape'))} bytes long; this file system allows {limit}"
+    if problem:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise RunDirError(f"--name {shown!r} {problem}: give a plain folder name such as market-try2.")
+    return name
+
+
 def plan_run_dir(runs_dir: str | os.PathLike[str], name: str) -> Path:
     """The directory a new run would use.
 
@@ -128,7 +154,7 @@ def plan_run_dir(runs_dir: str | os.PathLike[str], name: str) -> Path:
     (re)started; a run with a checkpoint is refused (continue it with ``--resume``), and so is a folder that is
     not a run directory. A run another live process holds is refused naming its pid and host.
     """
-    path = check_runs_dir(runs_dir) / name
+    path = check_runs_dir(runs_dir) / check_run_name(name, runs_dir)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"'{path}' exists and is a file: pick another --name.")
     if not path.is_dir() or not any(path.iterdir()):

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from hhcl.data.datasets import Sample
-from hhcl.data.store import ImageStore
+from hhcl.data.store import DECODE_VERSION, ImageStore
 from hhcl.evaluation.features import extract_features, model_device
 from hhcl.export import EmbedError, list_images
 from hhcl.run.atomic import atomic_write_bytes
@@ -118,6 +118,9 @@ def _read_cache(path: Path, weights_sha256: str) -> tuple[dict[str, np.ndarray] 
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in _FIELDS}
+            decode = int(npz["decode"]) if "decode" in npz.files else 1
+        if decode != DECODE_VERSION:  # embedded from images decoded another way (EXIF rotation, 16-bit)
+            return None, f"the cache {path} was built by an older image decoder and is rebuilt"
         n = len(data["paths"])
         ok = (
             str(data["weights_sha256"]) == weights_sha256
@@ -134,7 +137,8 @@ def _write_cache(
 ) -> None:
     """The cache as one .npz, written atomically."""
     buffer = io.BytesIO()
-    np.savez(buffer, paths=rel, sizes=sizes, mtimes=mtimes, features=features, weights_sha256=np.array(sha))
+    np.savez(buffer, paths=rel, sizes=sizes, mtimes=mtimes, features=features, weights_sha256=np.array(sha),
+             decode=np.array(DECODE_VERSION))
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -48,7 +48,8 @@ def embed(
     batch_size: Annotated[int, typer.Option(help="images per batch")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
 ) -> None:
-    """Embed every image under IMAGES_DIR (sorted path order) into FILE.npy, with the file list in FILE.txt."""
+    """Embed every image under IMAGES_DIR (sorted path order) into FILE.npy, with the file list in FILE.txt (one
+    name per line; %, tab and line breaks in a name percent-encoded)."""
     from hhcl.checkpoint import CheckpointError
     from hhcl.config import ConfigError
     from hhcl.export import EmbedError

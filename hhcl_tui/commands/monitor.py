@@ -4,16 +4,15 @@ or, with ``--web``, served to a browser by textual-serve."""
 from __future__ import annotations
 
 import errno
-import shlex
+import importlib
 import socket
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from hhcl.run.layout import CONFIG_FILE, EVENTS_FILE, RunLayout
-from hhcl_tui.common import console, fail
+from hhcl_tui.common import console, err_console, fail
 
 WEB_EXTRA_HINT = 'pip install "hhcl[web]"'
 
@@ -31,6 +30,9 @@ def monitor(
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="with --web: the port to listen on")] = 8000,
+    max_sessions: Annotated[
+        int, typer.Option(min=1, help="with --web: the most browser tabs served at once (each runs a dashboard process)")
+    ] = 4,
 ) -> None:
     """Watch a run in the terminal (or a browser, --web): progress, loss, clusters, mAP/R1; tails a live run,
     replays a finished one."""
@@ -42,16 +44,11 @@ def monitor(
             "Give the directory `hhcl train` created (runs/<name>)."
         )
     if web:
-        serve_dashboard(run_dir, host, port)
+        serve_dashboard(run_dir, host, port, max_sessions)
         return
     from hhcl_tui.dashboard import run_dashboard
 
     raise typer.Exit(run_dashboard(run_dir))
-
-
-def dashboard_command(run_dir: Path) -> str:
-    """The shell command textual-serve starts for each browser session: this same dashboard on ``run_dir``."""
-    return shlex.join([sys.executable, "-m", "hhcl", "monitor", str(run_dir.resolve())])
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -80,45 +77,47 @@ def port_error(host: str, port: int, err: OSError) -> str:
     return f"cannot listen on {host}:{port} ({err.strerror}): check --host and --port."
 
 
-def serve_dashboard(run_dir: Path, host: str, port: int) -> None:
-    """Serve the dashboard for ``run_dir`` on ``http://host:port`` until Ctrl+C; each browser tab gets its own
-    dashboard process."""
+def serve_dashboard(run_dir: Path, host: str, port: int, max_sessions: int = 4) -> None:
+    """Serve the dashboard for ``run_dir`` on ``http://host:port`` until Ctrl+C or SIGTERM: each browser tab
+    gets its own dashboard process, at most ``max_sessions`` at once, and every request needs the token printed
+    at start (the rules are in :mod:`hhcl_tui.web`)."""
     try:
-        from textual_serve.server import Server
+        importlib.import_module("textual_serve.server")
     except ImportError:
         raise fail(f"--web needs the textual-serve package: {WEB_EXTRA_HINT}", code=1) from None
-
-    from aiohttp import web as aiohttp_web  # textual-serve's own dependency
-
-    class DashboardServer(Server):
-        """textual-serve, with the page's websocket URL taken from the address the browser used (so an SSH
-        tunnel on any local port works) and hhcl's own start-up lines instead of its banner."""
-
-        async def handle_index(self, request: aiohttp_web.Request) -> aiohttp_web.StreamResponse:
-            """The page, pointing its websocket back at the host and port the browser asked for."""
-            self.public_url = f"{request.scheme}://{request.host}"  # read before the handler's first await
-            return await super().handle_index(request)
-
-        async def on_startup(self, app: aiohttp_web.Application) -> None:
-            """Print where to point the browser."""
-            print_web_banner(run_dir, host, port)
+    from hhcl_tui.web import DashboardServer, is_loopback, new_token
 
     check_port_free(host, port)
-    server = DashboardServer(dashboard_command(run_dir), host=host, port=port, title=f"hhcl monitor {run_dir.name}")
+    token = new_token()
+    exposed = not is_loopback(host)
+    server = DashboardServer(run_dir, host=host, port=port, token=token, max_sessions=max_sessions,
+                             announce=lambda: print_web_banner(run_dir, host, port, token, max_sessions, exposed))
     try:
         server.serve()
     except OSError as err:  # lost a race for the port after the check
         raise fail(port_error(host, port, err)) from None
 
 
-def print_web_banner(run_dir: Path, host: str, port: int) -> None:
-    """Print the URL to open and, for a remote machine, the SSH tunnel that reaches it."""
+def print_web_banner(run_dir: Path, host: str, port: int, token: str, max_sessions: int, exposed: bool) -> None:
+    """Print the URL to open (with its token) and, for a remote machine, the SSH tunnel that reaches it; warn
+    when the server is ``exposed`` (listens on an address other machines can reach)."""
     wildcard = host in ("0.0.0.0", "::", "")
     target = "127.0.0.1" if wildcard or host in ("localhost", "::1") else host
     shown = socket.gethostname() if wildcard else f"[{host}]" if ":" in host else host
-    console.print(f"serving the dashboard for {run_dir} at http://{shown}:{port}  (Ctrl+C stops)", highlight=False)
+    query = f"/?token={token}"
+    console.print(f"serving the dashboard for {run_dir} at http://{shown}:{port}{query}  (Ctrl+C stops)",
+                  highlight=False)
+    console.print(f"the token is new at every start and every request needs it; at most {max_sessions} browser "
+                  "tabs at once (--max-sessions)", highlight=False)
     console.print(
         f"from another machine: ssh -N -L {port}:{target}:{port} {socket.gethostname()}  "
-        f"then open http://localhost:{port}",
+        f"then open http://localhost:{port}{query}",
         highlight=False,
     )
+    if exposed:
+        err_console.print(
+            f"warning: --host {host} listens beyond this machine: anyone who can reach port {port} and has the "
+            "token can watch this run (the token is still required on every request). Prefer the default "
+            "--host 127.0.0.1 with the SSH tunnel above.",
+            style="yellow", highlight=False, markup=False,
+        )

@@ -11,6 +11,8 @@ from rich.text import Text
 
 from hhcl_tui.common import console, data_root, err_console, fail
 
+NOTES_SHOWN = 20  # notes printed one per line; the rest are counted
+
 
 def _camera_table(report: Any) -> Table:
     """The cameras a folder dataset found: name -> id, and images per split."""
@@ -59,6 +61,7 @@ def prepare(
 ) -> None:
     """Prepare a dataset under ROOT/DATASET: safe extraction, layout and count checks, decoding, uint8 cache."""
     from hhcl.data import REGISTRY, CorruptImageError, prepare_dataset, prepare_synthetic
+    from hhcl.diskspace import disk_error, is_disk_full
 
     if dataset not in REGISTRY:
         raise fail(f"unknown dataset '{dataset}': use one of {', '.join(REGISTRY)}")
@@ -97,8 +100,17 @@ def prepare(
         ValueError,
     ) as err:  # missing/incomplete layout, unsafe archive, bad names: exit 2
         raise fail(str(err), 2) from None
+    except OSError as err:  # a full disk or file size limit: exit 1, naming the file (nothing half-written stays)
+        if not is_disk_full(err):
+            raise
+        fix = "free space on it, or use another data root (--root)"
+        raise fail(str(disk_error(err, err.filename or root, fix)), 1) from None
     for warning in report.warnings:  # plain text: a path may hold "[x]", which is not markup
         err_console.print(Text.assemble(("warning:", "yellow"), " ", warning))
+    for note in report.notes[:NOTES_SHOWN]:  # links a folder dataset left out (loops, duplicates)
+        err_console.print(Text.assemble(("note:", "cyan"), " ", note))
+    if len(report.notes) > NOTES_SHOWN:
+        err_console.print(f"note: ... and {len(report.notes) - NOTES_SHOWN:,} more left out", highlight=False)
     table = Table(title=Text(f"{dataset} in {report.top}"), header_style="bold cyan")
     for col in ("split", "images", "identities", "cameras", "published"):
         table.add_column(col, justify="right")

@@ -40,7 +40,15 @@ def tensorboard(
     except (TensorBoardMissingError, RunDirError) as err:
         raise fail(str(err)) from None
     for layout, target in plans:
-        done = write_tensorboard(layout.root, target)
+        try:
+            done = write_tensorboard(layout.root, target)
+        except OSError as err:  # a full disk or a file size limit: nothing was replaced
+            raise fail(
+                f"cannot write the TensorBoard scalars of {layout.root} to {err.filename or target} "
+                f"({err.strerror or err}): free space there (or give --out DIR on another disk) and run it again; "
+                "an earlier export there is left as it was.",
+                1,
+            ) from None
         console.print(
             f"{layout.root.name}: {done.points} points of {len(done.tags)} scalars -> {done.out}",
             highlight=False,

@@ -64,7 +64,7 @@ def train(
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="GPUs (processes) on this node; >1 launches torchrun")] = 1,
 ) -> None:
     """Train an HHCL model (unsupervised by default) and evaluate it every train.eval_every epochs."""
-    from hhcl.run.checkpoint import resume_config
+    from hhcl.run.checkpoint import checkpoint_position, resume_config, resume_epochs_error
 
     if resume is not None:
         if preset is not None:
@@ -74,6 +74,10 @@ def train(
             check_free(RunLayout(resume).lock)  # refuse before launching anything (--tui, --nproc-per-node)
         except (ConfigError, RunLockedError) as err:
             raise fail(str(err)) from None
+        position = checkpoint_position(RunLayout(resume))
+        problem = position and resume_epochs_error(cfg.train.epochs, *position, RunLayout(resume).config)
+        if problem:  # before anything is written (the engine checks again, for checkpoints that do not say)
+            raise fail(problem)
         run_dir, label = resume, None
     else:
         if preset is None:
@@ -125,14 +129,19 @@ def train(
 
 
 def _dataset_check(cfg: Config) -> str:
-    """The dataset the run would train on, checked (exists, parses, counts, cache); exits 2 with the fix if not."""
+    """The dataset the run would train on, checked (exists, parses, counts, cache and the disk space it needs);
+    exits 2 with the fix if the dataset is not ready, 1 (as the run would) if its cache does not fit."""
     from hhcl.data import DatasetFormatError, DatasetNotFoundError
     from hhcl.data.prepare import check_prepared
+    from hhcl.diskspace import DiskSpaceError
 
+    size = {"height": cfg.data.height, "width": cfg.data.width, "cache": cfg.data.cache}
     try:
-        summary = check_prepared(cfg.data.dataset, cfg.data.root, height=cfg.data.height, width=cfg.data.width)
+        summary = check_prepared(cfg.data.dataset, cfg.data.root, **size)
     except (DatasetNotFoundError, DatasetFormatError) as err:
         raise fail(f"the dry run's dataset is not ready: {err}") from None
+    except DiskSpaceError as err:
+        raise fail(f"the run would fail: {err}", 1) from None
     if cfg.memory.mode in CAMERA_MODES or cfg.memory.camera_aware:  # the training's own camera check, up front
         import torch
 

@@ -77,9 +77,12 @@ def labels_key(run_dir: Path) -> tuple[int, int] | None:
 
 def _open_tile(path: Path, height: int) -> Image.Image | None:
     """The crop scaled to ``height`` pixels (aspect kept), or None when it is missing or unreadable."""
+    # decoded as training saw it (EXIF rotation, 16-bit); imports torch, which only this tab needs
+    from hhcl.data.store import upright_rgb
+
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB")
+            rgb = upright_rgb(img)
     except (OSError, ValueError, SyntaxError):
         return None
     width = max(1, round(rgb.width * height / rgb.height))

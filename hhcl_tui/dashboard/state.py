@@ -31,7 +31,8 @@ from hhcl.run.events import (
     Step,
     epoch_label,
 )
-from hhcl.run.lock import pid_alive, this_host
+from hhcl.run.lock import process_alive as lock_process_alive
+from hhcl.run.lock import this_host
 
 LOG_LINES = 200
 STAGES = ("extract", "knn", "jaccard", "dbscan")
@@ -91,6 +92,8 @@ class RunState:
     n_gallery: int | None = None
     pid: int | None = None
     host: str | None = None
+    started: int | None = None  # the process's start time and boot id: a reused pid is not this run
+    boot: str | None = None
     total_epochs: int | None = None
     iters_per_epoch: int | None = None
     epoch: int | None = None
@@ -234,7 +237,7 @@ def _on_run_start(state: RunState, e: RunStart, t: float | None) -> None:
     state.n_train = e.n_train if e.n_train is not None else state.n_train
     state.n_query = e.n_query if e.n_query is not None else state.n_query
     state.n_gallery = e.n_gallery if e.n_gallery is not None else state.n_gallery
-    state.pid, state.host = e.pid, e.host
+    state.pid, state.host, state.started, state.boot = e.pid, e.host, e.started, e.boot
     if e.epochs and e.epochs > 0:
         state.total_epochs = e.epochs
     if e.iters and e.iters > 0:
@@ -363,8 +366,8 @@ def _on_heartbeat(state: RunState, e: Heartbeat, t: float | None) -> None:
     """A heartbeat names the live process, also before its ``run_start`` (a long set-up)."""
     if e.pid is None:
         return
-    new_process = e.pid != state.pid or e.host != state.host
-    state.pid, state.host = e.pid, e.host
+    new_process = e.pid != state.pid or e.host != state.host or e.started != state.started
+    state.pid, state.host, state.started, state.boot = e.pid, e.host, e.started, e.boot
     if state.status == "waiting" or (new_process and state.ended):
         state.status = "running"
 
@@ -416,13 +419,14 @@ def update_liveness(
     state: RunState,
     now: float,
     *,
-    process_alive: Callable[[int], bool] = pid_alive,
+    process_alive: Callable[[int], bool] | None = None,
     hostname: str | None = None,
     process_gone: bool = False,
 ) -> RunState:
     """Tell a live run from a dead or silent one, while no ``run_end`` was seen; returns ``state``.
 
-    A run that names this host (``hostname``, default this machine) and a pid that is gone, or
+    A run that names this host (``hostname``, default this machine) and a process that is gone (its pid, or a
+    process with another start time or boot under that pid: ``process_alive`` by default), or
     whose process the caller saw exit (``process_gone``), is "stopped": a SIGKILL writes nothing. Otherwise a
     run with nothing written for more than NO_NEWS_SECONDS before ``now`` is "silent", else "running".
     """
@@ -431,7 +435,8 @@ def update_liveness(
     state.silent_for = None
     here_host = hostname if hostname is not None else this_host()
     here = state.host is not None and state.host == here_host
-    if process_gone or (here and state.pid is not None and not process_alive(state.pid)):
+    alive = process_alive or (lambda pid: lock_process_alive(pid, state.started, state.boot))
+    if process_gone or (here and state.pid is not None and not alive(state.pid)):
         state.status = "stopped"
     elif state.last_t is not None and now - state.last_t > NO_NEWS_SECONDS:
         state.status, state.silent_for = "silent", now - state.last_t
