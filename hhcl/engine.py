@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -165,7 +165,7 @@ class Trainer:
             splits = {s: self.dataset.split(s) for s in ("train", "query", "gallery")}
             require_cache_space(self.dataset.root, splits, cfg.data.height, cfg.data.width)
         size = {"height": cfg.data.height, "width": cfg.data.width, "device": self.device, "cache": cfg.data.cache,
-                "workers": cfg.data.workers}
+                "workers": cfg.data.workers, "after_chunk": self._cache_chunk_done if self.info.world_size == 1 else None}
         self.train_store = open_split(self.dataset, "train", **size)
         self.query_store = open_split(self.dataset, "query", **size) if self.dataset.query else None
         self.gallery_store = open_split(self.dataset, "gallery", **size) if self.dataset.gallery else None
@@ -207,6 +207,12 @@ class Trainer:
             self._startup_boundary("checkpoint")
         if self.main and self.resume:  # written once the checkpoint (if any) accepted the config
             atomic_write_text(self.layout.config, self.cfg.to_toml())
+
+    def _cache_chunk_done(self) -> None:
+        """A chunk of a cache being built is on disk: a stop asked so far ends the build here (it resumes later)."""
+        fault_point("startup:cache-chunk")
+        if self.stop_requested:
+            raise StopRequested("building the image cache (it resumes where it stopped)")
 
     def _startup_boundary(self, name: str) -> None:
         """A boundary between start-up stages: a stop asked so far ends the run here (``startup:<name>`` fault)."""
@@ -323,9 +329,7 @@ class Trainer:
                 flip=self.cfg.eval.flip,
                 rerank=self.cfg.eval.rerank,
                 amp=self.cfg.train.amp,
-                stages=lambda name, total: StageProgress(
-                    self.emit, epoch=epoch, stage=EVAL_STAGES[name], total=total, device=self.device
-                ),
+                stages=lambda name, total: self._eval_stage(epoch, name, total),
             )
             mAP = float(metrics["mAP"])
             ranks = metrics["ranks"]
@@ -345,6 +349,21 @@ class Trainer:
             )
         dist.barrier()
         return result
+
+    def _eval_stage(self, epoch: int, name: str, total: int) -> Callable[[int, int], None]:
+        """An evaluation stage's progress reporter; in a single process a stop asked during the feature extraction
+        ends the evaluation after the current batch (under DDP the other ranks wait for rank 0's evaluation)."""
+        report = StageProgress(self.emit, epoch=epoch, stage=EVAL_STAGES[name], total=total, device=self.device)
+        if self.info.world_size > 1 or name == "metrics":
+            return report
+
+        def progress(done: int, total: int) -> None:
+            report(done, total)
+            fault_point(f"eval:{epoch}:{name}")
+            if self.stop_requested:
+                raise StopRequested(f"evaluating {epoch_label(epoch, self.cfg.train.epochs)}")
+
+        return progress
 
     def save_checkpoint(self, epoch: int, it: int, state: EpochState | None = None, *, is_best: bool = False) -> None:
         """Checkpoint the position (epoch, it) to continue from; ``state`` for a stop in the middle of an epoch."""
@@ -381,7 +400,11 @@ class Trainer:
                 return self._interrupted(epoch, it, last_eval)
             is_best = False
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-                last_eval = self.run_eval(epoch)
+                try:
+                    last_eval = self.run_eval(epoch)
+                except StopRequested:  # the epoch is trained: kept as its last iteration, the evaluation runs on resume
+                    self.save_checkpoint(epoch, cfg.train.iters, state)
+                    return self._interrupted(epoch, cfg.train.iters, last_eval, "; its evaluation runs on resume")
                 is_best = bool(last_eval and last_eval["is_best"])
             self.scheduler.step()
             self.save_checkpoint(epoch + 1, 0, is_best=is_best)
@@ -390,13 +413,13 @@ class Trainer:
                 return self._interrupted(epoch + 1, 0, last_eval)
         return Ending("ok", epochs_done=self.epochs_done, last_eval=last_eval, resume=False)
 
-    def _interrupted(self, epoch: int, it: int, last_eval: dict[str, Any] | None) -> Ending:
+    def _interrupted(self, epoch: int, it: int, last_eval: dict[str, Any] | None, detail: str = "") -> Ending:
         """The ending of a requested stop at position (epoch, it), after the checkpoint was written."""
         epochs, iters = self.cfg.train.epochs, self.cfg.train.iters
         done = f"after {epoch_label(epoch, epochs)} {iter_label(it - 1, iters)}" if it else f"after {epoch_label(epoch - 1, epochs)}"
         return Ending(
             "interrupted",
-            message=f"stopped {done} with a checkpoint; continue with: hhcl train --resume {self.run_dir}",
+            message=f"stopped {done} with a checkpoint{detail}; continue with: hhcl train --resume {self.run_dir}",
             epochs_done=epoch,
             last_eval=last_eval,
             exit_code=self.signals.exit_code,

@@ -3,11 +3,13 @@ the lock released, a clean exit code; and a damaged or mismatched checkpoint is 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers.tiny_run import TINY
@@ -335,3 +337,49 @@ def _really_read_only(folder: Path) -> bool:
         return True
     (folder / ".probe").unlink()
     return False
+
+
+def test_a_stop_while_the_image_cache_is_built_ends_after_that_chunk_and_the_build_resumes(
+    synth_root, tmp_path, fault, monkeypatch
+):
+    """At Market scale the first run decodes tens of thousands of images: a SIGTERM then ends the run after the
+    chunk being decoded (not after the whole cache, the clustering and a step), and the next start continues the
+    cache from that chunk; the finished cache equals one built in one go."""
+    from hhcl.data import store
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root / "synthetic", root / "synthetic", ignore=shutil.ignore_patterns("cache"))
+    monkeypatch.setattr(store, "CHUNK", 8)
+    run = tmp_path / "r"
+    fault("startup:cache-chunk=term")
+    stopped = Trainer(tiny(root, "train.iters=2"), run).fit()
+    assert stopped.status == "interrupted" and stopped.exit_code == 143, stopped.message
+    assert "stopped while building the image cache (it resumes where it stopped), before training any step" in stopped.message
+    part = next((root / "synthetic" / "cache").glob("train_*.partial.json"))
+    assert json.loads(part.read_text())["done"] == 8  # one chunk, then the stop
+    fault("")
+    assert resume(run).status == "ok"
+    built, fresh = (np.load(p / "synthetic" / "cache" / "train_64x32.npy") for p in (root, synth_root))
+    assert np.array_equal(built, fresh)
+
+
+def test_a_stop_during_the_evaluation_keeps_the_trained_epoch_and_evaluates_it_on_resume(synth_root, tmp_path, fault):
+    """At Market scale an evaluation extracts ~19k query and gallery crops: a SIGTERM then ends the run after the
+    current batch, with the epoch's training kept (a checkpoint at its last iteration); the resume evaluates it,
+    and the run ends with the uninterrupted run's weights, mAP and best epoch."""
+    cfg = tiny(synth_root, "train.iters=2", "train.epochs=2")
+    straight = tmp_path / "straight"
+    assert Trainer(cfg, straight).fit().status == "ok"
+    run = tmp_path / "r"
+    fault("eval:1:gallery=term")
+    stopped = Trainer(cfg, run).fit()
+    assert stopped.status == "interrupted" and stopped.exit_code == 143
+    assert "stopped after epoch 2/2 iter 2/2 with a checkpoint; its evaluation runs on resume" in stopped.message
+    assert "eval" not in [e["type"] for e in read_raw_events(run)]  # cut short: no result was recorded
+    fault("")
+    assert resume(run).status == "ok"
+    assert same_weights(straight, run)
+    evals = [[e for e in read_raw_events(r) if e["type"] == "eval"] for r in (straight, run)]
+    assert len(evals[1]) == 1 and evals[1][0]["mAP"] == evals[0][-1]["mAP"] and evals[1][0]["epoch"] == 1
+    ends = [read_raw_events(r)[-1] for r in (straight, run)]
+    assert ends[1]["best_mAP"] == ends[0]["best_mAP"] and ends[1]["best_epoch"] == ends[0]["best_epoch"]

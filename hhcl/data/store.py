@@ -16,7 +16,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -258,8 +258,12 @@ def build_cache(
     *,
     progress: bool = True,
     workers: int | None = None,
+    after_chunk: Callable[[], None] | None = None,
 ) -> list[str]:
     """Decode + resize every sample into the split's cache (resumable); returns the corrupt samples' paths.
+
+    ``after_chunk()`` is called once each chunk of CHUNK images is recorded; an exception it raises (a stop asked
+    of a run) ends the build there, and the next build resumes from that chunk.
 
     Corrupt rows are zeroed and recorded in the index. ``workers`` decoding threads (None: min(8, CPUs); 0: the
     calling thread). Idempotent: a complete cache holding exactly these paths is kept, but its corrupt rows are
@@ -291,7 +295,8 @@ def build_cache(
         part_arr.unlink(missing_ok=True)  # a stale build's: its blocks count as free space
     _require_space(dataset_dir, {split: _build_bytes(dataset_dir, split, rel, height, width)}, height, width)
     try:
-        _fill_cache(part_arr, part_idx, state, samples, split, height, width, progress=progress, threads=threads)
+        _fill_cache(part_arr, part_idx, state, samples, split, height, width, progress=progress, threads=threads,
+                    after_chunk=after_chunk)
         idx_path.unlink(missing_ok=True)  # an older cache's index never describes the new array
         os.replace(part_arr, arr_path)
         try:
@@ -320,6 +325,7 @@ def _fill_cache(
     *,
     progress: bool,
     threads: int,
+    after_chunk: Callable[[], None] | None = None,
 ) -> None:
     """Decode ``samples[state["done"]:]`` into the reserved part array in chunks, recording ``state`` (rows
     done, corrupt rows) in the part index after each chunk, so that an interrupted build resumes."""
@@ -341,6 +347,8 @@ def _fill_cache(
             state["done"] = start + len(chunk)
             _write_json(part_idx, state)
             bar.update(task, completed=state["done"])
+            if after_chunk is not None:
+                after_chunk()
     del array
 
 
@@ -440,6 +448,7 @@ def open_split(
     resident: bool | None = None,
     progress: bool = True,
     workers: int | None = None,
+    after_chunk: Callable[[], None] | None = None,
 ) -> ImageStore:
     """An ImageStore over ``dataset``'s ``split`` at ``height`` x ``width``.
 
@@ -448,6 +457,7 @@ def open_split(
     corrupt (cached or not: training must never see a zeroed row). ``resident`` (default: on CUDA when the split
     fits in a quarter of free memory) copies the whole split onto the device. ``workers`` decoding threads
     (``data.workers``; None: min(8, CPUs); 0: the calling thread) build the cache or decode uncached gathers.
+    ``after_chunk`` is :func:`build_cache`'s (a run's stop check while a cache is built).
     """
     samples = dataset.split(split)
     device = torch.device(device)
@@ -457,7 +467,7 @@ def open_split(
     index = read_cache_index(base, split, height, width)
     rels = [os.path.relpath(s.path, base) for s in samples]
     if cache and (index is None or not set(rels) <= set(index.paths)):
-        build_cache(base, split, samples, height, width, progress=progress, workers=threads)
+        build_cache(base, split, samples, height, width, progress=progress, workers=threads, after_chunk=after_chunk)
         index = read_cache_index(base, split, height, width)
     if index is not None and index.corrupt:
         recorded = set(index.corrupt)
