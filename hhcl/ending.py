@@ -119,8 +119,8 @@ def describe_failure(err: BaseException, stage: str, run_dir: Path) -> Ending:
     kind = type(err).__name__
     text = str(err) or kind
     usage = (ConfigError, DatasetNotFoundError, DatasetFormatError, WeightsNotFoundError)
-    if isinstance(err, TrainingError):
-        return Ending("error", text, "", kind, EXIT_FAILURE)
+    if isinstance(err, TrainingError):  # deterministic from the checkpoint: a resume would meet it again
+        return Ending("error", text, "", kind, EXIT_FAILURE, resume=False)
     if isinstance(err, usage) or (isinstance(err, CheckpointError) and stage == "building the model"):
         return Ending("error", text, "", kind, EXIT_USAGE)
     if isinstance(err, ResumeError):  # resuming again would fail the same way: the message says what to do

@@ -9,7 +9,9 @@ recorded there as ``error`` + ``run_end`` (see :mod:`hhcl.ending`). Hooks see th
 
 from __future__ import annotations
 
+import itertools
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -74,6 +76,7 @@ class FitResult:
     hint: str = ""
     resume: str | None = None
     where: str = ""
+    retry: bool = True  # whether running again (the same command, or --resume) can get past how it ended
 
 
 class Hook:
@@ -199,7 +202,7 @@ class Trainer:
         keep = self._keep_labels if self.main else None
         self.epochs = EpochSetup(
             cfg, self.model, self.train_store, self.device, self.info, self.emit, keep_labels=keep,
-            stop_asked=lambda: self.stop_requested,
+            stop_asked=lambda: self.stop_requested, new_run=self.new_run_command,
         )
         self._startup_boundary("model")
         if self.resume:
@@ -207,6 +210,14 @@ class Trainer:
             self._startup_boundary("checkpoint")
         if self.main and self.resume:  # written once the checkpoint (if any) accepted the config
             atomic_write_text(self.layout.config, self.cfg.to_toml())
+
+    def new_run_command(self, changes: dict[str, Any]) -> str:
+        """A ready ``hhcl train`` command for a new run: this run's own config with ``changes``, under a free name
+        beside it (for errors a resume would meet again, whose fix changes a key a resume may not change)."""
+        parent, base = self.run_dir.parent, self.run_dir.name
+        name = next(f"{base}-{i}" for i in itertools.count(2) if not (parent / f"{base}-{i}").exists())
+        sets = [a for key, value in changes.items() for a in ("--set", f"{key}={value}")]
+        return shlex.join(["hhcl", "train", "--preset", str(self.layout.config), "--runs-dir", str(parent), "--name", name, *sets])
 
     def _cache_chunk_done(self) -> None:
         """A chunk of a cache being built is on disk: a stop asked so far ends the build here (it resumes later)."""
@@ -574,4 +585,5 @@ class Trainer:
             ending.hint,
             resume,
             self.stage if ending.status == "error" else "",
+            ending.resume,
         )

@@ -24,7 +24,7 @@ from hhcl.cluster import PseudoLabels, pseudo_labels
 from hhcl.cluster.auto_eps import auto_eps
 from hhcl.cluster.quality import label_quality
 from hhcl.config import CAMERA_MODES, Config, ConfigError
-from hhcl.data.sampler import PKSampler, ProxySampler
+from hhcl.data.sampler import BatchUnfillableError, PKSampler, ProxySampler, batch_that_fits
 from hhcl.evaluate import extract_features
 from hhcl.memory import HybridMemory
 from hhcl.run.events import CLUSTER_STEPS, Cluster, Event, Progress
@@ -81,7 +81,9 @@ class StageProgress:
 
 
 class TrainingError(RuntimeError):
-    """A run cannot go on (no clusters, non-finite loss); the message says what happened and what to try."""
+    """A run cannot go on (no clusters, clusters that cannot fill a batch, non-finite loss); the message says what
+    happened and what to try. Resuming would meet it again (the run is deterministic from its checkpoint), so the
+    fix is a new run, never ``--resume``."""
 
 
 class StopRequested(Exception):  # noqa: N818 - a request, not an error
@@ -164,10 +166,12 @@ class EpochSetup:
         emit: Callable[[Event], None],
         keep_labels: Callable[[int, torch.Tensor], None] | None = None,
         stop_asked: Callable[[], bool] = lambda: False,
+        new_run: Callable[[dict[str, Any]], str] = lambda changes: "",
     ) -> None:
         self.cfg, self.model, self.train_store = cfg, model, train_store
         self.device, self.info, self.emit = device, info, emit
         self.stop_asked = stop_asked  # this process was asked to stop (a signal): honoured at stage boundaries
+        self.new_run = new_run  # a ready `hhcl train` command for a new run with some keys changed (errors' fixes)
         self.keep_labels = keep_labels  # rank 0: writes each epoch's pseudo labels into the run directory
         self.auto_eps: float | None = None  # cluster.eps = auto: chosen at the run's first clustering, then kept
         self.identities = train_identities(train_store.pids)
@@ -293,10 +297,12 @@ class EpochSetup:
         )
         if n_clusters == 0:
             eps = self.eps_shown
+            larger = {"cluster.eps": round(min(0.95, (eps or 0.5) + 0.1), 2)}
             raise TrainingError(
                 f"epoch {epoch + 1}: clustering with {self.eps_text} found no clusters "
-                f"(all {n} images are outliers). Try a larger eps (e.g. --set cluster.eps={min(0.95, (eps or 0.5) + 0.1):g}), "
-                f"a smaller cluster.min_samples ({cfg.cluster.min_samples}), or pretrained weights (model.pretrained=imagenet)."
+                f"(all {n} images are outliers). Try a larger eps, a smaller cluster.min_samples "
+                f"({cfg.cluster.min_samples}), or pretrained weights (model.pretrained=imagenet or a re-ID model); "
+                f"a new run with a larger eps: {self.new_run(larger)}"
             )
         return labels
 
@@ -402,9 +408,25 @@ class EpochSetup:
                 batch_size=cfg.data.batch_size,
                 generator=epoch_generator(cfg.train.seed, epoch, 1),
             )
-        except ValueError as err:  # too few clusters for one batch
-            raise TrainingError(f"epoch {epoch + 1}: {err} (clustered with {self.eps_text})") from None
+        except BatchUnfillableError as err:  # too few clusters for one batch
+            raise TrainingError(self._unfillable(epoch, err, labels)) from None
         return iter(sampler)
+
+    def _unfillable(self, epoch: int, err: BatchUnfillableError, labels: torch.Tensor) -> str:
+        """What to do when the clusters cannot fill a batch: a new run with a batch they fill, or else with a
+        larger eps (resuming would cluster the same features the same way)."""
+        cfg = self.cfg
+        outliers = float((labels < 0).float().mean()) if len(labels) else 0.0
+        found = f"epoch {epoch + 1}: clustering with {self.eps_text} left {100 * outliers:.1f} % outliers: {err}"
+        smaller = batch_that_fits(err.per_pass, cfg.data.num_instances, cfg.model.bn_group)
+        if smaller is not None and smaller["data.batch_size"] % self.info.world_size == 0:
+            return f"{found}. A new run with a batch these clusters fill: {self.new_run(smaller)}"
+        eps = self.eps_shown or 0.5
+        larger = {"cluster.eps": round(min(0.95, eps + 0.1), 2)}
+        return (
+            f"{found}. Too few clusters for any batch: a new run with a larger eps, {self.new_run(larger)}; or "
+            "start from a model that already knows people (model.pretrained = a re-ID model: README, Your own crops)"
+        )
 
     def _aug_gen(self, epoch: int) -> torch.Generator:
         return epoch_generator(self.cfg.train.seed, epoch, 2, self.device)

@@ -53,9 +53,10 @@ PER_PRESET = {
 }
 
 
-def test_nine_presets_ship_inside_the_package():
+def test_ten_presets_ship_inside_the_package():
     assert preset_names() == [
-        "demo", "duke", "duke-ibn", "market", "market-ibn", "msmt17", "o2cap-duke", "o2cap-market", "o2cap-msmt17"
+        "demo", "duke", "duke-ibn", "folder-cpu", "market", "market-ibn", "msmt17", "o2cap-duke", "o2cap-market",
+        "o2cap-msmt17",
     ]
 
 
@@ -67,7 +68,7 @@ def test_paper_presets_pin_every_critical_value(name):
         assert cfg.get(key) == value, f"{name}: {key}"
 
 
-@pytest.mark.parametrize("name", ["demo", "duke", "duke-ibn", "market", "market-ibn", "msmt17"])
+@pytest.mark.parametrize("name", ["demo", "duke", "duke-ibn", "folder-cpu", "market", "market-ibn", "msmt17"])
 def test_presets_are_complete_and_round_trip(name, tmp_path):
     import tomllib
 
@@ -87,6 +88,18 @@ def test_demo_preset_is_cpu_sized():
     assert cfg.data.dataset == "synthetic"
     assert cfg.model.arch == "resnet18" and cfg.model.pretrained == "none"
     assert cfg.data.height * cfg.data.width <= 128 * 64
+
+
+def test_folder_cpu_preset_fits_a_few_hundred_crops_on_a_cpu():
+    """The own-crops starting point: a folder dataset, a CPU-sized model and image, eps from the data, and a batch
+    of 32 that 8 clusters fill (4 images each), half the images per step of the demo's 8 x 8."""
+    from hhcl.data.sampler import clusters_needed
+
+    cfg = load_config("folder-cpu")
+    assert cfg.data.dataset == "folder" and cfg.cluster.eps == "auto"
+    assert cfg.model.arch == "resnet18" and cfg.data.height * cfg.data.width <= 128 * 64
+    assert clusters_needed(cfg.data.batch_size, cfg.data.num_instances) == 8
+    assert cfg.model.bn_group == 0 or cfg.data.batch_size % cfg.model.bn_group == 0
 
 
 def test_overrides_are_typed():

@@ -11,7 +11,54 @@ draws from a torch generator with the same distributions; a pass is vectorised (
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+
+class BatchUnfillableError(ValueError):
+    """The clusters cannot fill one batch: a pass of the sampler yields ``per_pass`` images, fewer than
+    ``batch_size``. ``groups`` counts the clusters (or camera-aware proxies) it drew from."""
+
+    def __init__(self, per_pass: int, groups: int, batch_size: int, what: str = "clusters") -> None:
+        super().__init__(
+            f"one sampler pass yields {per_pass} images ({groups} {what}) but a batch needs {batch_size}: "
+            "lower data.batch_size or get more clusters"
+        )
+        self.per_pass, self.groups, self.batch_size = per_pass, groups, batch_size
+
+
+def batch_that_fits(per_pass: int, num_instances: int, bn_group: int) -> dict[str, int] | None:
+    """The largest batch one sampler pass of ``per_pass`` images can fill (a multiple of ``num_instances`` with
+    at least two clusters in it), with a ghost-BN group that divides it; None when no such batch exists."""
+    batch = per_pass - per_pass % num_instances
+    if batch < 2 * num_instances:
+        return None
+    changes = {"data.batch_size": batch}
+    if bn_group and batch % bn_group:
+        changes["model.bn_group"] = max(g for g in range(1, bn_group + 1) if batch % g == 0)
+    return changes
+
+
+def clusters_needed(batch_size: int, num_instances: int) -> int:
+    """How many clusters one batch draws from: each of 2+ images gives ``num_instances`` (a single image gives 1)."""
+    return math.ceil(batch_size / num_instances)
+
+
+def batch_outlook(n_images: int, batch_size: int, num_instances: int) -> tuple[str, str | None]:
+    """What a run's batch asks of every clustering of ``n_images`` train images, and why no clustering of them can
+    fill it (too few images for that many clusters) with a batch that could be filled, or None when one can."""
+    need = clusters_needed(batch_size, num_instances)
+    kind = "clusters of 2+ images" if num_instances > 1 else "clusters"
+    text = (f"a batch of {batch_size} = {need} clusters x {num_instances} images: every clustering of the "
+            f"{n_images} train images must find at least {need} {kind}")
+    most_clusters = n_images // 2 if num_instances > 1 else n_images
+    most = most_clusters * num_instances  # images in a pass over the most clusters these images can form
+    if most >= batch_size:
+        return text, None
+    fits = min(most, n_images)  # and no more than the images there are
+    return text, (f"{n_images} images form at most {most_clusters} {kind}: use a smaller batch "
+                  f"(--set data.batch_size={max(2, fits - fits % num_instances)}), or more train images")
 
 
 def _check_inputs(
@@ -61,10 +108,7 @@ class PKSampler:
             else self.num_clusters
         )
         if per_pass < batch_size:
-            raise ValueError(
-                f"one sampler pass yields {per_pass} images ({self.num_clusters} clusters) but a batch needs "
-                f"{batch_size}: lower data.batch_size or get more clusters"
-            )
+            raise BatchUnfillableError(per_pass, self.num_clusters, batch_size)
         self._buffer = torch.empty(0, dtype=torch.long, device=labels.device)
 
     def sample_pass(self) -> torch.Tensor:
@@ -163,10 +207,8 @@ class ProxySampler(PKSampler):
         self.candidates = valid.repeat_interleave(copies)
         self.candidate_proxy = proxy.repeat_interleave(copies)
         if self.num_clusters * num_instances < batch_size:
-            raise ValueError(
-                f"one sampler pass yields {self.num_clusters * num_instances} images ({self.num_clusters} "
-                f"camera-aware proxies) but a batch needs {batch_size}: lower data.batch_size or get more clusters"
-            )
+            raise BatchUnfillableError(self.num_clusters * num_instances, self.num_clusters, batch_size,
+                                       "camera-aware proxies")
         self._buffer = torch.empty(0, dtype=torch.long, device=labels.device)
 
     def sample_pass(self) -> torch.Tensor:

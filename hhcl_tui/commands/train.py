@@ -142,13 +142,20 @@ def _dataset_check(cfg: Config) -> str:
         raise fail(f"the dry run's dataset is not ready: {err}") from None
     except DiskSpaceError as err:
         raise fail(f"the run would fail: {err}", 1) from None
+    from hhcl.data import build_dataset
+    from hhcl.data.sampler import batch_outlook
+
+    train = build_dataset(cfg.data.dataset, cfg.data.root).train
+    outlook, problem = batch_outlook(len(train), cfg.data.batch_size, cfg.data.num_instances)
+    if problem is not None:
+        raise fail(f"no clustering can fill this run's batch: {outlook}, but {problem}.")
+    summary += f"; {outlook}"
     if cfg.memory.mode in CAMERA_MODES or cfg.memory.camera_aware:  # the training's own camera check, up front
         import torch
 
-        from hhcl.data import build_dataset
         from hhcl.epoch import camera_ids
 
-        camids = torch.tensor([s.camid for s in build_dataset(cfg.data.dataset, cfg.data.root).train])
+        camids = torch.tensor([s.camid for s in train])
         try:
             camera_ids(cfg, camids, torch.device("cpu"))
         except ConfigError as err:
@@ -189,7 +196,7 @@ def run_training(cfg: Config, run_dir: Path, *, preset: str | None, resume: bool
             lines.append(f"  try: {result.hint}")
         if result.resume:
             lines.append(f"  continue with: {result.resume}")
-        elif not RunLayout(run_dir).has_checkpoint():
+        elif result.retry and not RunLayout(run_dir).has_checkpoint():
             lines.append(f"  nothing to resume yet: run the same command again (the run directory {run_dir} is reused)")
         fail("\n".join(lines), result.exit_code)
     return result.exit_code
