@@ -24,6 +24,7 @@ from hhcl.data.store import upright_rgb
 from hhcl.run.atomic import atomic_write_bytes, atomic_write_text
 from hhcl.run.labels import LabelsError, load_epoch_labels, read_train_index
 from hhcl.run.layout import RunLayout
+from hhcl.words import plural
 
 GAP, LABEL_W, PAD = 4, 190, 8
 CAMERA_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -181,7 +182,7 @@ def draw_contact_sheets(
     listing = []
     for rank, pick in enumerate(picks, 1):
         c, members, shown, n_cams = pick.cluster, pick.members, pick.shown, pick.n_cameras
-        caption = f"#{rank}  cluster {c}\n{len(members)} images\n{n_cams} camera{'s' * (n_cams != 1)}"
+        caption = f"#{rank}  cluster {c}\n{plural(len(members), 'image')}\n{plural(n_cams, 'camera')}"
         if len(shown) < len(members):
             caption += f"\n{len(shown)} shown"
         rows.append(_row(caption, [paths[i] for i in shown], [cam_names[camids[i]] for i in shown], camids[shown].tolist()))
@@ -192,11 +193,11 @@ def draw_contact_sheets(
     outliers = np.flatnonzero(labels < 0)
     if outliers.size:
         shown = np.sort(rng.choice(outliers, size=min(2 * per_cluster, outliers.size), replace=False))
-        caption = f"outliers\n{outliers.size} images\n({100 * outliers.size / len(labels):.1f}%)"
+        caption = f"outliers\n{plural(int(outliers.size), 'image')}\n({100 * outliers.size / len(labels):.1f}%)"
         row = _row(caption, [paths[i] for i in shown], [cam_names[camids[i]] for i in shown], camids[shown].tolist())
         files.append(_save(_stack([row], f"{title}: outliers (not in any cluster)"), out / "outliers.png"))
     n_clusters = int((sizes > 0).sum())
-    files.append(_save(size_histogram(sizes[sizes > 0], f"{title}: sizes of {n_clusters} clusters"), out / "sizes.png"))
+    files.append(_save(size_histogram(sizes[sizes > 0], f"{title}: sizes of {plural(n_clusters, 'cluster')}"), out / "sizes.png"))
     summary = {"title": title, "n_images": len(labels), "n_clusters": n_clusters, "n_outliers": int(outliers.size),
                "clusters": listing}
     atomic_write_text(out / "clusters.json", json.dumps(summary, indent=1) + "\n")

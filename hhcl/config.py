@@ -224,6 +224,12 @@ def _split_key(dotted: str) -> tuple[str, str]:
     return section, key
 
 
+def check_key(dotted: str) -> None:
+    """Refuse an unknown ``section.key`` as ``--set`` does on a fresh run (naming the nearest known key), so a
+    typo reads as a typo wherever keys are checked first (e.g. ``hhcl train --resume``)."""
+    _split_key(dotted)
+
+
 def _coerce(dotted: str, value: Any, *, from_text: bool) -> Any:
     """Convert ``value`` to the declared type of ``dotted``; text values come from ``--set``."""
     section, key = _split_key(dotted)

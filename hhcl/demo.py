@@ -29,6 +29,7 @@ from hhcl.evaluate import evaluate
 from hhcl.models import build_model
 from hhcl.reporting import ConsoleReporter
 from hhcl.run.layout import default_run_name
+from hhcl.words import plural
 
 DEMO_IDS = 120  # identities generated (half train, half test)
 DEMO_CAMS = 4
@@ -136,11 +137,12 @@ def _run(root: Path, runs_dir: Path, console: Console, overrides: tuple[str, ...
     if result.last_eval is not None:
         after = {"mAP": result.last_eval["mAP"], **{f"R{r}": float(v) for r, v in result.last_eval["ranks"].items()}}
 
-    table = Table(title=f"hhcl demo: {len(dataset.train)} train / {len(query)} query / {len(gallery)} gallery synthetic images")
+    table = Table(title=f"hhcl demo: {len(dataset.train)} train / {len(query)} query / "
+                        f"{plural(len(gallery), 'gallery synthetic image')}")
     table.add_column("model")
     for col in ("mAP", "R1", "R5", "R10"):
         table.add_column(col, justify="right")
-    for label, row in (("untrained (same init)", before), (f"HHCL, {cfg.train.epochs} epochs", after)):
+    for label, row in (("untrained (same init)", before), (f"HHCL, {plural(cfg.train.epochs, 'epoch')}", after)):
         table.add_row(label, *(f"{100 * row[c]:.1f}" if c in row else "-" for c in ("mAP", "R1", "R5", "R10")))
     console.print(table)
     seconds = time.time() - t0

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from hhcl.config import ConfigError
+from hhcl.words import plural
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -70,11 +71,11 @@ def _cuda(index: int, text: str, key: str, *, local: bool) -> torch.device:
         raise ConfigError(f"{_named(key, text)}: no CUDA device is visible; use auto or cpu")
     if index >= count:
         have = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
-        found = f"this machine has {count} CUDA {'device' if count == 1 else 'devices'} ({have})"
+        found = f"this machine has {plural(count, 'CUDA device')} ({have})"
         if local:
             raise ConfigError(
                 f"{_named(key, text)}: this process's LOCAL_RANK is {index} but {found}; "
-                f"start at most {count} processes per node (torchrun --nproc-per-node {count})"
+                f"start at most {plural(count, 'process', 'processes')} per node (torchrun --nproc-per-node {count})"
             )
         raise ConfigError(f"{_named(key, text)}: {found}; use auto, cpu or {have}")
     return torch.device("cuda", index)

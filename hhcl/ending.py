@@ -122,7 +122,8 @@ def describe_failure(err: BaseException, stage: str, run_dir: Path) -> Ending:
     if isinstance(err, TrainingError):  # deterministic from the checkpoint: a resume would meet it again
         return Ending("error", text, "", kind, EXIT_FAILURE, resume=False)
     if isinstance(err, usage) or (isinstance(err, CheckpointError) and stage == "building the model"):
-        return Ending("error", text, "", kind, EXIT_USAGE)
+        # the fix is in the input (a key, a file, the data): the message says it; a plain resume would meet it again
+        return Ending("error", text, "", kind, EXIT_USAGE, resume=False)
     if isinstance(err, ResumeError):  # resuming again would fail the same way: the message says what to do
         return Ending("error", text, "", kind, EXIT_FAILURE, resume=False)
     if isinstance(err, CheckpointError | CorruptImageError):

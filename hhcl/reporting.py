@@ -42,6 +42,7 @@ from hhcl.run.events import (
 )
 from hhcl.run.events import Progress as ProgressEvent
 from hhcl.run.layout import RunLayout
+from hhcl.words import plural
 
 STAGE_LINE_EVERY = 10.0  # seconds between two lines about one running stage (its end is always told)
 
@@ -178,8 +179,8 @@ class ConsoleReporter(Hook):
             resumed = f", resumed at {epoch_label(event.start_epoch)} {iter_label(event.start_iter)}" if event.resumed else ""
             self.line(
                 f"run {event.run} on {event.device} (world size {event.world_size}, pid {event.pid} on {event.host}): "
-                f"{event.n_train} train / {event.n_query} query / {event.n_gallery} gallery images, "
-                f"{event.epochs} epochs x {event.iters} iters{resumed}"
+                f"{event.n_train} train / {event.n_query} query / {plural(event.n_gallery, 'gallery image')}, "
+                f"{plural(event.epochs, 'epoch')} x {plural(event.iters, 'iter')}{resumed}"
             )
             for note in event.notes:
                 self.line(f"note: {note}")
@@ -187,7 +188,7 @@ class ConsoleReporter(Hook):
             self.line(f"{epoch_label(event.epoch, self._epochs)} lr {event.lr:.3g}")
         elif isinstance(event, Cluster):
             self.line(
-                f"{epoch_label(event.epoch, self._epochs)}: {event.n_clusters} clusters, {event.n_outliers} outliers "
+                f"{epoch_label(event.epoch, self._epochs)}: {plural(event.n_clusters, 'cluster')}, {plural(event.n_outliers, 'outlier')} "
                 f"({_pct(event.outlier_ratio)}%) [{_fmt_seconds(event.seconds)}]"
             )
             self._start_bar(event.epoch or 0)

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hhcl.config import ConfigError
-from hhcl.run.atomic import fsync_dir, naming
+from hhcl.run.atomic import fsync_dir, make_tmp_dir, naming
 from hhcl.run.events import Cluster, Eval, Event, RunEnd, RunStart, Step, read_events
 from hhcl.run.layout import CONFIG_FILE, EVENTS_FILE, RunDirError, RunLayout
 
@@ -267,8 +265,7 @@ def write_tensorboard(run_dir: str | os.PathLike[str], out: str | os.PathLike[st
 
     layout, target = plan_tensorboard(run_dir, out)
     scalars = log_scalars(read_events(layout.events))
-    fresh = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    fresh.mkdir(parents=True)  # mode as any new folder's (mkdtemp's would be 0700)
+    fresh = make_tmp_dir(target)
     try:
         with _quiet_writer_thread():
             writer = SummaryWriter(str(fresh))
@@ -305,7 +302,7 @@ def _replace_dir(fresh: Path, target: Path) -> None:
     deleted."""
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.", suffix=".tmp"))
+        old = make_tmp_dir(target.with_name(f"{target.name}.old"))
         os.replace(target, old)  # onto the empty folder just made
     try:
         os.replace(fresh, target)

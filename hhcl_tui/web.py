@@ -70,8 +70,9 @@ def new_token() -> str:
 
 
 def dashboard_command(run_dir: Path) -> str:
-    """The command each browser session runs: this same dashboard on ``run_dir``, in this Python."""
-    return shlex.join([sys.executable, "-m", "hhcl", "monitor", str(run_dir.resolve())])
+    """The command each browser session runs: this same dashboard on ``run_dir``, in this Python; waiting for
+    the run to appear when it does not exist yet (a session's stdin is no terminal, so it says so)."""
+    return shlex.join([sys.executable, "-m", "hhcl", "monitor", str(run_dir.resolve()), "--wait"])
 
 
 def is_loopback(host: str) -> bool:

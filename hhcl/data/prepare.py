@@ -42,6 +42,7 @@ from hhcl.data.store import (
 )
 from hhcl.diskspace import disk_error, human_bytes, is_disk_full
 from hhcl.run.atomic import atomic_write_text
+from hhcl.words import plural
 
 SPLITS = ("train", "query", "gallery")
 EXTRACT_DIR = "files"
@@ -306,7 +307,7 @@ def check_prepared(name: str, root: str | Path, *, height: int, width: int, cach
         hint = prepare_hint(name, Path(root))
         raise DatasetNotFoundError(f"dataset {name!r} in {data.top} has no train images: run `{hint}`")
     cams = len({s.camid for s in data.train})
-    parts = [f"{name} in {data.top}: train {len(data.train):,} images from {cams} camera{'s' * (cams != 1)}"]
+    parts = [f"{name} in {data.top}: train {plural(len(data.train), 'image', spec=',')} from {plural(cams, 'camera')}"]
     if data.query and data.gallery:
         parts.append(f"query {len(data.query):,}, gallery {len(data.gallery):,}")
     else:

@@ -15,14 +15,18 @@ import math
 
 import torch
 
+from hhcl.words import plural
+
 
 class BatchUnfillableError(ValueError):
     """The clusters cannot fill one batch: a pass of the sampler yields ``per_pass`` images, fewer than
     ``batch_size``. ``groups`` counts the clusters (or camera-aware proxies) it drew from."""
 
-    def __init__(self, per_pass: int, groups: int, batch_size: int, what: str = "clusters") -> None:
+    def __init__(
+        self, per_pass: int, groups: int, batch_size: int, what: tuple[str, str] = ("cluster", "clusters")
+    ) -> None:
         super().__init__(
-            f"one sampler pass yields {per_pass} images ({groups} {what}) but a batch needs {batch_size}: "
+            f"one sampler pass yields {plural(per_pass, 'image')} ({plural(groups, *what)}) but a batch needs {batch_size}: "
             "lower data.batch_size or get more clusters"
         )
         self.per_pass, self.groups, self.batch_size = per_pass, groups, batch_size
@@ -49,15 +53,15 @@ def batch_outlook(n_images: int, batch_size: int, num_instances: int) -> tuple[s
     """What a run's batch asks of every clustering of ``n_images`` train images, and why no clustering of them can
     fill it (too few images for that many clusters) with a batch that could be filled, or None when one can."""
     need = clusters_needed(batch_size, num_instances)
-    kind = "clusters of 2+ images" if num_instances > 1 else "clusters"
-    text = (f"a batch of {batch_size} = {need} clusters x {num_instances} images: every clustering of the "
-            f"{n_images} train images must find at least {need} {kind}")
+    kind = ("cluster", "clusters") if num_instances == 1 else ("cluster of 2+ images", "clusters of 2+ images")
+    text = (f"a batch of {batch_size} = {plural(need, 'cluster')} x {plural(num_instances, 'image')}: every clustering "
+            f"of the {plural(n_images, 'train image')} must find at least {plural(need, *kind)}")
     most_clusters = n_images // 2 if num_instances > 1 else n_images
     most = most_clusters * num_instances  # images in a pass over the most clusters these images can form
     if most >= batch_size:
         return text, None
     fits = min(most, n_images)  # and no more than the images there are
-    return text, (f"{n_images} images form at most {most_clusters} {kind}: use a smaller batch "
+    return text, (f"{plural(n_images, 'image')} form{'s' * (n_images == 1)} at most {plural(most_clusters, *kind)}: use a smaller batch "
                   f"(--set data.batch_size={max(2, fits - fits % num_instances)}), or more train images")
 
 
@@ -208,7 +212,7 @@ class ProxySampler(PKSampler):
         self.candidate_proxy = proxy.repeat_interleave(copies)
         if self.num_clusters * num_instances < batch_size:
             raise BatchUnfillableError(self.num_clusters * num_instances, self.num_clusters, batch_size,
-                                       "camera-aware proxies")
+                                       ("camera-aware proxy", "camera-aware proxies"))
         self._buffer = torch.empty(0, dtype=torch.long, device=labels.device)
 
     def sample_pass(self) -> torch.Tensor:

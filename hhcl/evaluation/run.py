@@ -19,6 +19,7 @@ from hhcl.evaluation.features import pairwise_sq_dist
 from hhcl.evaluation.query_gallery import evaluate_features, reranked_metrics, split_features
 from hhcl.models.loading import load_model
 from hhcl.visualize import sample_queries, save_ranklists
+from hhcl.words import plural
 
 
 class EvalError(ValueError):
@@ -138,7 +139,7 @@ def evaluate_checkpoint(
     if not data.query or not data.gallery:
         raise EvalError(
             f"dataset {name!r} under {data_root} has no query/gallery split "
-            f"({len(data.query)} query, {len(data.gallery)} gallery images): evaluate on a labelled dataset"
+            f"({len(data.query)} query, {plural(len(data.gallery), 'gallery image')}): evaluate on a labelled dataset"
         )
     size = {"height": info.height, "width": info.width, "device": dev}
     qs, gs = open_split(data, "query", **size), open_split(data, "gallery", **size)

@@ -2,19 +2,59 @@
 
 A crash at any instant leaves either the old file or the new one. Temporary files are named
 ``.<name>.<random>.tmp`` so that :func:`remove_stray_tmp` can find and delete the ones a killed process left.
+They are created with the mode a plain ``open(path, "w")`` gives (0o666 less the umask, a default ACL
+applied) and folders with ``mkdir``'s (0o777 less the umask), never ``tempfile``'s private 0o600 / 0o700:
+the renamed file is the output, so it must be as readable as any other file the user writes.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 from hhcl.run.faults import fault_point
 
 TMP_SUFFIX = ".tmp"
+_NAME_TRIES = 100  # fresh random names tried before giving up (a clash among 2**48 names is already unlikely)
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _tmp_name(path: Path) -> Path:
+    """A fresh ``.<name>.<random>.tmp`` beside ``path``."""
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+
+
+def _create_tmp(path: Path) -> tuple[int, Path]:
+    """Create a new, empty temporary file beside ``path`` and open it for writing; returns (fd, its path).
+
+    ``O_EXCL`` makes it ours alone (as ``mkstemp`` does); mode 0o666 lets the kernel apply the umask and any
+    default ACL, exactly as for a file ``open`` creates, so no umask has to be read (which would set it)."""
+    for _ in range(_NAME_TRIES):
+        tmp = _tmp_name(path)
+        try:
+            return os.open(tmp, _TMP_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path} after {_NAME_TRIES} tries")
+
+
+def make_tmp_dir(path: str | os.PathLike[str]) -> Path:
+    """Create a new, empty temporary folder ``.<name>.<random>.tmp`` beside ``path`` (parents created); returns it.
+
+    Its mode is a new folder's (0o777 less the umask), not ``mkdtemp``'s 0o700: it becomes the output folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(_NAME_TRIES):
+        tmp = _tmp_name(path)
+        try:
+            tmp.mkdir()
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path} after {_NAME_TRIES} tries")
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
@@ -48,7 +88,7 @@ def write_tmp(path: str | os.PathLike[str], data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    fd, tmp = _create_tmp(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             half = len(data) // 2
@@ -59,12 +99,12 @@ def write_tmp(path: str | os.PathLike[str], data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise naming(err, path) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return Path(tmp)
+    return tmp
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

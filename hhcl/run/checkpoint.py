@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from hhcl.checkpoint import weights_bytes
-from hhcl.config import Config, ConfigError, from_dict, load_config
+from hhcl.config import Config, ConfigError, check_key, from_dict, load_config
 from hhcl.diskspace import require_free
 from hhcl.run.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, remove_stray_tmp, write_tmp
 from hhcl.run.faults import fault_point
@@ -48,12 +48,14 @@ class ResumeError(RuntimeError):
 
 
 def resume_config(run_dir: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The run's saved config plus the overrides allowed on resume; any other override is refused by name."""
+    """The run's saved config plus the overrides allowed on resume; an unknown key is refused as a typo (with the
+    nearest known key, as on a fresh run), then any key a resume may not change is refused by name."""
     path = RunLayout(Path(run_dir)).config
     if not path.is_file():
         raise ConfigError(f"cannot resume '{run_dir}': {path} is missing (is it a run directory?).")
     for item in overrides:
         key = item.split("=", 1)[0].strip()
+        check_key(key)
         if key not in RESUMABLE_KEYS:
             raise ConfigError(
                 f"--set {item}: '{key}' cannot change on resume (it would change what the run computes); "

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from hhcl.words import plural
 from hhcl_tui.common import console, fail
 
 
@@ -34,7 +35,7 @@ def clusters(
     except (LabelsError, ValueError) as err:
         raise fail(str(err)) from None
     console.print(
-        f"epoch {shown + 1}: {report.n_clusters} clusters, {report.n_outliers} outliers; "
+        f"epoch {shown + 1}: {plural(report.n_clusters, 'cluster')}, {plural(report.n_outliers, 'outlier')}; "
         f"drew the {report.shown_clusters} largest into {out}/"
     )
     if quality is not None:

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from hhcl.words import plural
 from hhcl_tui.common import console, data_root, fail
 
 _ORIGIN = {
@@ -94,4 +95,4 @@ def eval_cmd(
         atomic_write_bytes(json_out, (json.dumps(report.to_json(), indent=2) + "\n").encode())
         console.print(f"wrote {json_out}")
     if report.ranklists:
-        console.print(f"wrote {len(report.ranklists)} rank lists (top {ranklist}) to {out}")
+        console.print(f"wrote {plural(len(report.ranklists), 'rank list')} (top {ranklist}) to {out}")

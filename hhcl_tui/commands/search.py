@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from hhcl.words import plural
 from hhcl_tui.common import console, fail
 
 
@@ -70,9 +71,9 @@ def search(
         console.print(_table(result))
     console.print(
         Text(
-            f"gallery {report.gallery}: {report.gallery_size} images ({report.embedded} embedded, "
+            f"gallery {report.gallery}: {plural(report.gallery_size, 'image')} ({report.embedded} embedded, "
             f"{report.reused} reused from the cache, {report.removed} removed); cache {report.cache_file}"
         ),
         style="dim",
     )
-    console.print(Text(f"wrote {len(report.results)} rank lists and {report.results_file}"))
+    console.print(Text(f"wrote {plural(len(report.results), 'rank list')} and {report.results_file}"))

@@ -10,6 +10,7 @@ import typer
 
 from hhcl.run.layout import RunDirError
 from hhcl.run.lock import RunLockedError, check_free
+from hhcl.words import plural
 from hhcl_tui.common import console, fail
 
 
@@ -50,7 +51,7 @@ def tensorboard(
                 1,
             ) from None
         console.print(
-            f"{layout.root.name}: {done.points} points of {len(done.tags)} scalars -> {done.out}",
+            f"{layout.root.name}: {plural(done.points, 'point')} of {plural(len(done.tags), 'scalar')} -> {done.out}",
             highlight=False,
             markup=False,
         )

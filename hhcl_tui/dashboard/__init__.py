@@ -69,17 +69,20 @@ def stopped_message(run_dir: Path, since: int = 0) -> str:
             f"(the run directory {layout.root} is reused)")
 
 
-def run_dashboard(run_dir: Path, process: subprocess.Popen | None = None, log_start: int | None = None) -> int:
+def run_dashboard(
+    run_dir: Path, process: subprocess.Popen | None = None, log_start: int | None = None, wait_note: str | None = None
+) -> int:
     """Show the dashboard for ``run_dir`` until the user quits; returns the exit code for the CLI.
 
     With ``process`` (the training started by ``hhcl train --tui``, ideally with ``start_new_session=True``)
     quitting asks whether to leave it running (the default: 0), stop it (SIGINT to its group, wait for its
     checkpoint, print how to resume: 130), or cancel. If training already ended, the code is 0 for success
     and 1 for a failure. ``log_start``: the log's size before ``process`` started (default: its size now), so
-    that an earlier attempt's ending is not taken for this one's.
+    that an earlier attempt's ending is not taken for this one's. ``wait_note``: ``run_dir`` is still to be
+    created (by a `hhcl train` started elsewhere); the dashboard says so until it is, then shows it.
     """
     since = log_size(run_dir) if log_start is None else log_start
-    choice = DashboardApp(run_dir, process=process).run()
+    choice = DashboardApp(run_dir, process=process, wait_note=wait_note).run()
     if process is None:
         return 0
     if choice == STOP:

@@ -88,11 +88,15 @@ class DashboardApp(App[str]):
         process: subprocess.Popen | None = None,
         poll_interval: float = 0.5,
         clock: Callable[[], float] = time.time,
+        wait_note: str | None = None,
     ) -> None:
-        """Watch ``run_dir`` (or its events.jsonl); ``clock`` gives unix seconds for liveness (tests fix it)."""
+        """Watch ``run_dir`` (or its events.jsonl); ``clock`` gives unix seconds for liveness (tests fix it);
+        ``wait_note``: the run directory is still to appear, and the log says this until it does."""
         super().__init__()
         self.run_dir = Path(run_dir)
         self.process = process
+        self.wait_note = wait_note
+        self._wait_noted = False
         self.poll_interval = poll_interval
         self.clock = clock
         self.state = RunState()
@@ -152,6 +156,7 @@ class DashboardApp(App[str]):
     # -- updates ----------------------------------------------------------------------------------
     def poll(self) -> None:
         """Read what the log gained since the last poll, re-check liveness, and redraw what changed."""
+        self._note_waiting()
         events = self._tail.poll()
         if events:
             reduce_events(events, self.state)
@@ -161,6 +166,18 @@ class DashboardApp(App[str]):
         changed = view.status_label(self.state) != self._shown_status  # e.g. "no news for 3 min" -> "4 min"
         if events or changed or self.state.n_log != self._log_seen or self._plotted is None:
             self.refresh_view()
+
+    def _note_waiting(self) -> None:
+        """While the run directory is still to appear, say so (once) in the log, with how to quit; once it
+        is a run, say that it appeared and stop waiting."""
+        if self.wait_note is None:
+            return
+        if RunLayout.of(self.run_dir).is_run():
+            add_log(self.state, None, "good", f"{RunLayout.of(self.run_dir).root} appeared: showing the run")
+            self.wait_note = None
+        elif not self._wait_noted:
+            add_log(self.state, None, "warn", f"{self.wait_note}; q quits")
+            self._wait_noted = True
 
     def _check_process(self) -> None:
         """Note (once) in the log that the attached training process exited, with its exit code."""
@@ -263,6 +280,7 @@ class DashboardApp(App[str]):
         self._shown_status = ""
         self._plotted = None
         self._process_noted = False
+        self._wait_noted = False
         self._gallery_worker = None
         self.query_one("#log", RichLog).clear()
         self.poll()

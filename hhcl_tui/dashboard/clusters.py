@@ -26,6 +26,7 @@ from textual_image.widget import Image as AutoImage
 from hhcl.config import ConfigError, load_config
 from hhcl.run.labels import LabelsError, load_epoch_labels, read_train_index, saved_epochs
 from hhcl.run.layout import RunLayout
+from hhcl.words import plural
 
 #: the terminal's graphics protocol (sixel, kitty) where it has one; else coloured half blocks, never the
 #: grey shades textual-image falls back to off a tty (a browser through textual-serve, a snapshot)
@@ -172,8 +173,9 @@ def gallery_head(gallery: ClusterGallery) -> Text:
     text = Text()
     if gallery.epoch is not None:
         text.append(f"epoch {gallery.epoch + 1}", style="bold cyan")
-        text.append(f" · {gallery.n_clusters:,} clusters, {gallery.n_outliers:,} outliers of "
-                    f"{gallery.n_images:,} images", style="")
+        text.append(f" · {plural(gallery.n_clusters, 'cluster', spec=',')}, "
+                    f"{plural(gallery.n_outliers, 'outlier', spec=',')} of {plural(gallery.n_images, 'image', spec=',')}",
+                    style="")
         if gallery.rows:
             text.append(f" · the {len(gallery.rows)} largest, camera bar under each crop", style="dim")
         else:
@@ -190,7 +192,7 @@ def row_caption(rank: int, row: ClusterRow) -> Text:
     text = Text()
     text.append(f"#{rank} ", style="dim")
     text.append(f"cluster {row.cluster}\n", style="bold")
-    text.append(f"{row.size} image{'s' * (row.size != 1)}\n")
+    text.append(f"{plural(row.size, 'image')}\n")
     text.append(f"cam{'s' * (len(row.cameras) != 1)} " + " ".join(map(str, row.cameras)), style="dim")
     if row.shown < row.size:
         text.append(f"\n{row.shown} shown", style="dim")

@@ -33,6 +33,7 @@ from hhcl.run.events import (
 )
 from hhcl.run.lock import process_alive as lock_process_alive
 from hhcl.run.lock import this_host
+from hhcl.words import plural
 
 LOG_LINES = 200
 STAGES = ("extract", "knn", "jaccard", "dbscan")
@@ -282,7 +283,7 @@ def _on_cluster(state: RunState, e: Cluster, t: float | None) -> None:
     state.clusters.append(record)
     ratio = f" ({record.outlier_ratio:.1%})" if record.outlier_ratio is not None else ""
     took = f" in {sum(record.seconds.values()):.1f} s" if record.seconds else ""
-    text = f"{_count(record.n_clusters)} clusters, {_count(record.n_outliers)} outliers{ratio}{took}"
+    text = f"{plural(record.n_clusters, 'cluster', spec=',')}, {plural(record.n_outliers, 'outlier', spec=',')}{ratio}{took}"
     if record.eps is not None:
         text += f", eps {record.eps:.3g}" + (" (auto)" if record.eps_auto else "")
     if record.quality and "ari" in record.quality:
@@ -384,10 +385,6 @@ _HANDLERS: dict[type[Event], Callable[[RunState, Any, float | None], None]] = {
     Heartbeat: _on_heartbeat,
     Progress: _on_progress,
 }
-
-
-def _count(value: int | None) -> str:
-    return f"{value:,}" if value is not None else "?"
 
 
 def apply_event(state: RunState, event: Event) -> RunState:

@@ -8,8 +8,6 @@ the ones ``hhcl train`` would raise, attached to the field they name.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from hhcl.config import (
     load_config,
     validate,
 )
+from hhcl.run.atomic import atomic_write_text
 
 GPUS = "gpus"  # not a config key: the --nproc-per-node of the train command the wizard offers to run
 
@@ -66,19 +65,6 @@ FIELD_KEYS = tuple(f.key for f in FIELDS)
 def detect_datasets(root: Path) -> list[str]:
     """Datasets prepared under ``root``: the sub-folders named like a known dataset, in registry order."""
     return [name for name in DATASETS if (root / name).is_dir()]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class WizardForm:
