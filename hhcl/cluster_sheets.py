@@ -185,8 +185,11 @@ def draw_contact_sheets(
         caption = f"#{rank}  cluster {c}\n{plural(len(members), 'image')}\n{plural(n_cams, 'camera')}"
         if len(shown) < len(members):
             caption += f"\n{len(shown)} shown"
-        rows.append(_row(caption, [paths[i] for i in shown], [cam_names[camids[i]] for i in shown], camids[shown].tolist()))
-        listing.append({"cluster": c, "size": len(members), "cameras": n_cams, "shown": [paths[i] for i in shown]})
+        shown_cams = [cam_names[camids[i]] for i in shown]
+        rows.append(_row(caption, [paths[i] for i in shown], shown_cams, camids[shown].tolist()))
+        listing.append({"cluster": c, "size": len(members), "cameras": n_cams,
+                        "camera_names": [cam_names[k] for k in np.unique(camids[members])],
+                        "shown": [paths[i] for i in shown], "shown_cameras": shown_cams})
         if len(rows) == rows_per_sheet or rank == len(picks):
             files.append(_save(_stack(rows, f"{title}: clusters by size"), out / f"clusters_{len(files) + 1:02d}.png"))
             rows = []
@@ -231,8 +234,7 @@ def draw_run_clusters(
         raise LabelsError(f"{len(missing)} of the run's {len(paths)} train images are missing under {base} "
                           f"(first: {missing[0]}); pass --root with the data root the run was trained on")
     quality = label_quality(torch.from_numpy(labels), torch.from_numpy(index.pids)) if (index.pids >= 0).all() else None
-    cam_names = [f"cam {c + 1}" for c in range(int(index.camids.max(initial=0)) + 1)]
     title = f"{layout.root.name}, epoch {epoch + 1}"
-    report = draw_contact_sheets(labels, paths, index.camids, cam_names, out, title=title, clusters=clusters,
+    report = draw_contact_sheets(labels, paths, index.camids, index.camera_names(), out, title=title, clusters=clusters,
                                  per_cluster=per_cluster)
     return epoch, report, quality

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ DATASETS = ("market1501", "dukemtmcreid", "msmt17", "viper", "folder", "syntheti
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a")
 POOLINGS = ("avg", "gem")
 KNN_BACKENDS = ("auto", "torch", "faiss")
-AUTO_KEYS = ("cluster.eps",)  # keys that also take the word "auto"
+#: keys that also take the word "auto", each with what it allows: both kinds of bad value (not a number, a number
+#: out of range) are refused with it, so a typo of auto is told that auto is allowed too
+AUTO_KEYS: dict[str, str] = {"cluster.eps": "a number in (0, 1) (a Jaccard distance) or auto"}
 HYBRID_MODES = ("CM", "CMhard", "CMhybrid", "CMhybrid_v2")  # hhcl.memory.HybridMemory
 CAMERA_MODES = ("O2CAP",)  # hhcl.camera_memory.CameraMemory: camera-aware proxies
 MEMORY_MODES = (*HYBRID_MODES, *CAMERA_MODES)
@@ -261,15 +264,19 @@ def _coerce(dotted: str, value: Any, *, from_text: bool) -> Any:
             f"{dotted} = {value!r} is not an int: use a whole number such as {getattr(DEFAULT, section).__dict__[key]}."
         )
     if kind is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{dotted} = {value!r} is not a number.")
-        if isinstance(value, int | float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         if from_text and isinstance(value, str):
             try:
                 return float(value.strip())
             except ValueError:
                 pass
+        if dotted in AUTO_KEYS:
+            raise ConfigError(
+                f"{dotted} = {value!r} is not a number or auto: use {AUTO_KEYS[dotted]}.{_suggest(str(value), ('auto',))}"
+            )
+        if isinstance(value, bool):
+            raise ConfigError(f"{dotted} = {value!r} is not a number.")
         raise ConfigError(
             f"{dotted} = {value!r} is not a number: use e.g. {getattr(DEFAULT, section).__dict__[key]}."
         )
@@ -391,7 +398,7 @@ def validate(cfg: Config) -> Config:
             f"must divide data.batch_size ({d.batch_size}); the paper presets use 64 with batch 256",
         )
     _check(c.k2 <= c.k1, "cluster.k2", c.k2, f"must be between 1 and cluster.k1 ({c.k1})")
-    _check(c.eps == "auto" or 0.0 < c.eps < 1.0, "cluster.eps", c.eps, 'must be in (0, 1) (a Jaccard distance) or "auto"')
+    _check(c.eps == "auto" or 0.0 < c.eps < 1.0, "cluster.eps", c.eps, f"use {AUTO_KEYS['cluster.eps']}")
     _choice("cluster.knn_backend", c.knn_backend, KNN_BACKENDS)
     check_memory(
         mode=mem.mode,
@@ -421,7 +428,7 @@ def validate(cfg: Config) -> Config:
     _check(0 < o.gamma <= 1, "optim.gamma", o.gamma, "must be in (0, 1]")
     _check(0 < o.warmup_factor <= 1, "optim.warmup_factor", o.warmup_factor, "must be in (0, 1]")
     _check(
-        t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
+        t.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", t.device) is not None,
         "train.device",
         t.device,
         "use auto, cpu, cuda or cuda:N",

@@ -237,7 +237,8 @@ class Trainer:
             root = self.cfg.data.root
             paths = [os.path.relpath(s.path, root) if Path(s.path).is_relative_to(root) else s.path for s in self.dataset.train]
             pids = self.epochs.identities
-            save_train_index(self.layout, paths, None if pids is None else pids.tolist(), self.train_store.camids.tolist())
+            save_train_index(self.layout, paths, None if pids is None else pids.tolist(), self.train_store.camids.tolist(),
+                             self.dataset.cameras.get("train"))
         save_epoch_labels(self.layout, epoch, labels.cpu().numpy())
 
     def _load_resume_point(self) -> None:
@@ -556,8 +557,8 @@ class Trainer:
         events.append(
             RunEnd(
                 status=ending.status,
-                best_mAP=round(self.best_mAP, 6),
-                best_epoch=self.best_epoch,
+                best_mAP=round(self.best_mAP, 6) if self.best_epoch >= 0 else None,  # never evaluated: no figure
+                best_epoch=self.best_epoch if self.best_epoch >= 0 else None,
                 elapsed=round(time.time() - t0, 2),
                 message=ending.message,
                 resume=resume,

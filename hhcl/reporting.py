@@ -74,6 +74,7 @@ class ConsoleReporter(Hook):
         self._stage_task: TaskID | None = None
         self._stage_told: dict[tuple[int | None, str | None], float] = {}  # (epoch, stage) -> t of its last line
         self._epochs: int | None = None
+        self._evaluable = True  # whether the run has a query/gallery set to evaluate on (from run_start)
         self._iters: int | None = None
 
     # -- output
@@ -176,7 +177,13 @@ class ConsoleReporter(Hook):
     def on_event(self, event: Event) -> None:
         if isinstance(event, RunStart):
             self._epochs, self._iters = event.epochs, event.iters
-            resumed = f", resumed at {epoch_label(event.start_epoch)} {iter_label(event.start_iter)}" if event.resumed else ""
+            self._evaluable = bool(event.n_query and event.n_gallery)
+            resumed = ""
+            if event.resumed and event.epochs is not None and (event.start_epoch or 0) >= event.epochs:
+                resumed = (f", resumed after the last of its {plural(event.epochs, 'epoch')}: nothing to train "
+                           "(to train longer: --resume RUN --set train.epochs=N)")
+            elif event.resumed:
+                resumed = f", resumed at {epoch_label(event.start_epoch)} {iter_label(event.start_iter)}"
             self.line(
                 f"run {event.run} on {event.device} (world size {event.world_size}, pid {event.pid} on {event.host}): "
                 f"{event.n_train} train / {event.n_query} query / {plural(event.n_gallery, 'gallery image')}, "
@@ -220,7 +227,8 @@ class ConsoleReporter(Hook):
             best = (
                 f"best mAP {_pct(event.best_mAP)} ({epoch_label(event.best_epoch)})"
                 if event.best_epoch is not None and event.best_epoch >= 0
-                else "no evaluation yet"
+                else "no evaluation (no labelled query/gallery set)" if not self._evaluable
+                else "not evaluated"
             )
             self.line(f"run {event.status}: {best}, {event.elapsed:.0f} s", console=event.status != "error")
             if event.status != "error" and event.message:

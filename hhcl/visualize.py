@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,6 +55,10 @@ def display_image(source: ImageSource, height: int) -> Image.Image:
     return img.resize((width, height), Image.Resampling.LANCZOS)
 
 
+#: the most characters of one name (an identity, a file stem) that goes into a rank list's file name
+NAME_CHARS = 60
+
+
 def _tile(source: ImageSource, color: Color, caption: str, height: int, font: ImageFont.ImageFont) -> Image.Image:
     img = display_image(source, height)
     text_h = font.getbbox("0123456789:.query")[3] + 6
@@ -72,14 +78,16 @@ def ranklist_image(
     colors: Sequence[Color],
     *,
     height: int = DISPLAY_HEIGHT,
+    query_caption: str = "query",
 ) -> Image.Image:
-    """One row: the query tile, a separator, then the gallery tiles in rank order, each ``height`` px high."""
+    """One row: the query tile (captioned ``query_caption``), a separator, then the gallery tiles in rank order,
+    each ``height`` px high."""
     if not (len(gallery) == len(captions) == len(colors)):
         raise ValueError(f"got {len(gallery)} gallery images, {len(captions)} captions, {len(colors)} colours")
     if height < 1:
         raise ValueError(f"the display height must be at least 1 pixel, got {height}")
     font = _font(height)
-    tiles = [_tile(query, QUERY, "query", height, font)]
+    tiles = [_tile(query, QUERY, query_caption, height, font)]
     tiles += [_tile(s, c, t, height, font) for s, c, t in zip(gallery, colors, captions, strict=True)]
     width = sum(t.width for t in tiles) + GAP * max(len(tiles) - 2, 0) + (SEPARATOR if len(tiles) > 1 else 0)
     canvas = Image.new("RGB", (width, tiles[0].height), "white")
@@ -110,20 +118,41 @@ def sample_queries(num_queries: int, count: int) -> Tensor:
     return torch.linspace(0, num_queries - 1, count).round().long().unique()
 
 
-def save_ranklists(
+def file_part(name: str) -> str:
+    """``name`` as one part of a file name: runs of characters other than letters, digits, ``.``, ``-`` and
+    ``_`` become one ``_``, at most :data:`NAME_CHARS` characters, never empty."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("_")[:NAME_CHARS] or "_"
+
+
+@dataclass(frozen=True)
+class RankRow:
+    """One rank-list picture as it is drawn: its file name, the query (file and caption), then the gallery files
+    in rank order with their captions and colours."""
+
+    name: str
+    query: str
+    query_caption: str
+    gallery: list[str]
+    captions: list[str]
+    colors: list[Color]
+
+
+def rank_rows(
     dist_rows: Tensor,
     query_indices: Tensor | Sequence[int],
     query_samples: Sequence[Sample],
     gallery_samples: Sequence[Sample],
     *,
     topk: int,
-    out_dir: str | os.PathLike[str],
-    height: int = DISPLAY_HEIGHT,
-) -> list[Path]:
-    """One PNG per query from the samples' original files: ``dist_rows[i]`` are the gallery distances of query
-    ``query_indices[i]``.
+    identities: Mapping[int, str] | None = None,
+) -> list[RankRow]:
+    """What each query's rank list shows: ``dist_rows[i]`` are the gallery distances of query
+    ``query_indices[i]``; its top ``topk`` gallery items (same-pid same-camera ones left out), green for the
+    query's identity, red otherwise.
 
-    Files are ``q<index>_pid<pid>_<hit|miss>.png`` (hit: the top-1 is a match), written atomically.
+    A query is named by its identity as the user named it (``identities``: pid -> an identity folder's name;
+    else the dataset's pid) and its file's stem: file ``q<NNN>_<identity>_<stem>_<hit|miss>.png`` (NNN counts
+    the pictures from 1; hit: the top-1 is a match), caption ``query <identity>``.
     """
     qidx = torch.as_tensor(query_indices, dtype=torch.long).cpu()
     if dist_rows.dim() != 2 or dist_rows.shape != (len(qidx), len(gallery_samples)):
@@ -133,8 +162,6 @@ def save_ranklists(
         )
     if topk < 1:
         raise ValueError(f"--ranklist needs K >= 1 gallery images per row, got {topk}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     d = dist_rows.detach().float().cpu()
     q_pids = torch.tensor([query_samples[i].pid for i in qidx.tolist()], dtype=torch.long)
     q_cams = torch.tensor([query_samples[i].camid for i in qidx.tolist()], dtype=torch.long)
@@ -143,19 +170,46 @@ def save_ranklists(
     junk = (g_pids[None, :] == q_pids[:, None]) & (g_cams[None, :] == q_cams[:, None])
     n_valid = (~junk).sum(1)
     order = torch.sort(d.masked_fill(junk, torch.inf), dim=1, stable=True).indices
-    paths = []
+    names = identities or {}
+    rows = []
     for row, qi in enumerate(qidx.tolist()):
         top = order[row, : min(topk, int(n_valid[row]))]
         matches = (g_pids[top] == q_pids[row]).tolist()
-        image = ranklist_image(
+        pid = int(q_pids[row])
+        identity = names.get(pid, str(pid))
+        tag = "hit" if matches and matches[0] else "miss"
+        stem = Path(query_samples[qi].path).stem
+        rows.append(RankRow(
+            f"q{row + 1:03d}_{file_part(identity)}_{file_part(stem)}_{tag}.png",
             query_samples[qi].path,
+            f"query {identity}",
             [gallery_samples[g].path for g in top.tolist()],
             rank_captions(d[row, top].tolist()),
             [MATCH if m else MISS for m in matches],
-            height=height,
-        )
-        tag = "hit" if matches and matches[0] else "miss"
-        path = out / f"q{qi:05d}_pid{int(q_pids[row])}_{tag}.png"
-        save_png(image, path)
-        paths.append(path)
+        ))
+    return rows
+
+
+def save_ranklists(
+    dist_rows: Tensor,
+    query_indices: Tensor | Sequence[int],
+    query_samples: Sequence[Sample],
+    gallery_samples: Sequence[Sample],
+    *,
+    topk: int,
+    out_dir: str | os.PathLike[str],
+    height: int = DISPLAY_HEIGHT,
+    identities: Mapping[int, str] | None = None,
+) -> list[Path]:
+    """One PNG per query from the samples' original files, as :func:`rank_rows` lays them out and names them
+    (``identities``: the user's identity names by pid), written atomically under ``out_dir``."""
+    rows = rank_rows(dist_rows, query_indices, query_samples, gallery_samples, topk=topk, identities=identities)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for row in rows:
+        image = ranklist_image(row.query, row.gallery, row.captions, row.colors, height=height,
+                               query_caption=row.query_caption)
+        save_png(image, out / row.name)
+        paths.append(out / row.name)
     return paths

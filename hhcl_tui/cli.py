@@ -10,6 +10,7 @@ from rich.table import Table
 
 from hhcl.config import load_config, preset_description, preset_names
 from hhcl_tui.common import console, data_root, err_console, fail, resolve_config  # noqa: F401 - re-exported
+from hhcl_tui.helptext import HelpCommand, HelpGroup
 
 app = typer.Typer(
     name="hhcl",
@@ -17,13 +18,19 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=HelpGroup,
 )
-presets_app = typer.Typer(help="List and show the shipped presets (the paper's settings).", no_args_is_help=True)
+presets_app = typer.Typer(
+    help="List and show the shipped presets (the paper's settings).", no_args_is_help=True, cls=HelpGroup
+)
 app.add_typer(presets_app, name="presets")
 
-@presets_app.command("list")
+@presets_app.command("list", cls=HelpCommand)
 def presets_list() -> None:
-    """Table of the shipped presets: dataset, backbone, pooling, eps, schedule."""
+    """List the shipped presets.
+
+    A table of each one's dataset, backbone, pooling, eps and schedule.
+    """
     table = Table(title="hhcl presets", header_style="bold cyan")
     for col in ("name", "dataset", "backbone", "pooling", "eps", "epochs x iters"):
         table.add_column(col, no_wrap=True)
@@ -40,7 +47,7 @@ def presets_list() -> None:
     console.print(table)
 
 
-@presets_app.command("show")
+@presets_app.command("show", cls=HelpCommand)
 def presets_show(name: Annotated[str, typer.Argument(help="preset name, e.g. market")]) -> None:
     """Print a preset's full TOML."""
     cfg = resolve_config(name, [])
@@ -59,17 +66,17 @@ from hhcl_tui.commands import tensorboard as tensorboard_cmd  # noqa: E402
 from hhcl_tui.commands import train as train_cmd  # noqa: E402
 from hhcl_tui.commands import wizard as wizard_cmd  # noqa: E402
 
-app.command("prepare")(prepare_cmd.prepare)
-app.command("train")(train_cmd.train)
-app.command("eval")(eval_cmd.eval_cmd)
-app.command("export")(export_cmd.export)
-app.command("embed")(export_cmd.embed)
-app.command("search")(search_cmd.search)
-app.command("clusters")(clusters_cmd.clusters)
-app.command("monitor")(monitor_cmd.monitor)
-app.command("tensorboard")(tensorboard_cmd.tensorboard)
-app.command("wizard")(wizard_cmd.wizard)
-app.command("demo")(train_cmd.demo)
+app.command("prepare", cls=HelpCommand)(prepare_cmd.prepare)
+app.command("train", cls=HelpCommand)(train_cmd.train)
+app.command("eval", cls=HelpCommand)(eval_cmd.eval_cmd)
+app.command("export", cls=HelpCommand)(export_cmd.export)
+app.command("embed", cls=HelpCommand)(export_cmd.embed)
+app.command("search", cls=HelpCommand)(search_cmd.search)
+app.command("clusters", cls=HelpCommand)(clusters_cmd.clusters)
+app.command("monitor", cls=HelpCommand)(monitor_cmd.monitor)
+app.command("tensorboard", cls=HelpCommand)(tensorboard_cmd.tensorboard)
+app.command("wizard", cls=HelpCommand)(wizard_cmd.wizard)
+app.command("demo", cls=HelpCommand)(train_cmd.demo)
 
 
 def main() -> None:

@@ -86,7 +86,7 @@ def test_gallery_shows_the_largest_clusters_with_their_crops_and_cameras(tmp_pat
     assert gallery.epoch == 1 and gallery.note == ""  # the newest kept epoch, 0-based
     assert (gallery.n_images, gallery.n_clusters, gallery.n_outliers) == (12, 3, 0)
     assert [(r.cluster, r.size, r.cameras, r.shown) for r in gallery.rows] == [
-        (1, 7, [1, 2, 3], 7), (0, 3, [1, 2], 3), (2, 2, [1, 3], 2)]
+        (1, 7, ["1", "2", "3"], 7), (0, 3, ["1", "2"], 3), (2, 2, ["1", "3"], 2)]  # no names recorded: numbers
     strip = gallery.rows[0].strip
     assert strip.size == (7 * TILE_W + 6 * STRIP_GAP, TILE_HEIGHT + CAMERA_BAR)
     assert tile_colours(strip, 7) == expected_tiles([3, 4, 5, 6, 7, 8, 9])

@@ -261,6 +261,27 @@ def test_served_page_and_dashboard_stream(tmp_path: Path) -> None:
     assert "warning" not in banner  # the default address is this machine's own
 
 
+@pytest.mark.timeout(90)
+def test_a_run_still_to_appear_is_waited_for_in_the_browser_too(tmp_path: Path) -> None:
+    """`hhcl monitor runs/x --web` before `hhcl train` created runs/x (--wait: what a terminal gets by default):
+    the banner and the browser tab say it is waiting, and the tab shows the run once it appears."""
+    run_dir = tmp_path / "runs" / "web-run"
+    run_dir.parent.mkdir()
+    with serving(run_dir, free_port(), "--wait") as server:
+        assert f"waiting for {run_dir} to appear" in " ".join(server.output.split())
+
+        async def browser_tab() -> tuple[str, str]:
+            async with aiohttp.ClientSession() as http, http.ws_connect(
+                    server.ws_url(width=160, height=40), origin=f"http://127.0.0.1:{server.port}") as ws:
+                waiting = await screen_text(ws, ("waiting for",))
+                record_run(run_dir)
+                return waiting, await screen_text(ws, (SHOWN_MAP, "appeared"))
+
+        waiting, shown = asyncio.run(browser_tab())
+    assert "waiting for" in waiting and "web-run" in waiting, waiting[-2000:]
+    assert SHOWN_MAP in shown and "appeared" in shown, shown[-2000:]
+
+
 @pytest.mark.timeout(60)
 def test_page_and_websocket_need_the_token(tmp_path: Path) -> None:
     run_dir = record_run(tmp_path / "run")

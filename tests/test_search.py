@@ -249,7 +249,7 @@ def test_eval_ranklists_use_the_original_images(tmp_path):
     ]  # gallery 0 is the query's same-camera copy: left out
     dist = torch.tensor([[0.0, 0.5, 0.2]])
     (path,) = save_ranklists(dist, [0], query, gallery, topk=5, out_dir=tmp_path / "rl")
-    assert path.name == "q00000_pid1_miss.png"
+    assert path.name == "q001_1_q_miss.png"  # the query's identity (the dataset's pid) and file stem
     px = np.asarray(Image.open(path))
     tile = 128 + 2 * BORDER
     assert px.shape[1] == 3 * tile + SEPARATOR + GAP and px.shape[0] > 256 + 2 * BORDER

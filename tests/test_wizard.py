@@ -111,6 +111,11 @@ async def test_wizard_writes_the_expected_toml_and_offers_training(data_root: Pa
         await fill(pilot, app, "f-train-iters", "100")
         await type_into(pilot, app, "f-gpus", "2")
         app.query_one("#f-train-amp", Select).value = "bf16"
+        # the own-cameras fields: start from no weights, at another image size, on a chosen device
+        await fill(pilot, app, "f-model-pretrained", "none")
+        await fill(pilot, app, "f-data-height", "384")
+        await fill(pilot, app, "f-data-width", "192")
+        await type_into(pilot, app, "f-train-device", "cpu")
         await pilot.pause()
         assert app.query_one("#train", Button).disabled  # nothing saved yet
         await pilot.press("ctrl+s")
@@ -119,11 +124,11 @@ async def test_wizard_writes_the_expected_toml_and_offers_training(data_root: Pa
         await pilot.click("#train")
         await pilot.pause()
     expected = preset_dict("market")
-    expected["data"].update(dataset="viper", batch_size=128, num_instances=8)
-    expected["model"].update(arch="resnet50_ibn_a", pooling="gem")
+    expected["data"].update(dataset="viper", batch_size=128, num_instances=8, height=384, width=192)
+    expected["model"].update(arch="resnet50_ibn_a", pooling="gem", pretrained="none")
     expected["memory"]["mode"] = "CMhard"
     expected["cluster"]["eps"] = 0.5
-    expected["train"].update(epochs=40, iters=100, amp="bf16")
+    expected["train"].update(epochs=40, iters=100, amp="bf16", device="cpu")
     saved = Path("mine.toml").read_text()
     assert tomllib.loads(saved) == expected
     assert saved.startswith("# hhcl wizard, from preset market")
@@ -159,12 +164,27 @@ async def test_wizard_refuses_invalid_input(data_root: Path) -> None:
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert not Path("bad.toml").exists()
-        await fill(pilot, app, "f-cluster-eps", "abc")
-        assert "cluster.eps = 'abc' is not a number" in str(app.query_one("#e-cluster-eps", Static).content)
-        await fill(pilot, app, "f-data-batch_size", "256")
+        await fill(pilot, app, "f-cluster-eps", "autoo")
+        assert ("cluster.eps = 'autoo' is not a number or auto: use a number in (0, 1) (a Jaccard distance) or "
+                "auto. Did you mean 'auto'?") in str(app.query_one("#e-cluster-eps", Static).content)
+        assert app.query_one("#preview-box").border_subtitle == "✗ 1 error: fix the red field"
+        await fill(pilot, app, "f-model-pretrained", "nowhere.pth")
+        assert "nowhere.pth does not exist; use imagenet, none" in str(
+            app.query_one("#e-model-pretrained", Static).content)
+        assert app.query_one("#preview-box").border_subtitle == "✗ 2 errors: fix the red field"
         await fill(pilot, app, "f-cluster-eps", "0.6")
-        assert not app.query_one("#e-data-batch_size", Static).display
-        assert not app.query_one("#e-cluster-eps", Static).display
+        await fill(pilot, app, "f-model-pretrained", "imagenet")
+        await fill(pilot, app, "f-data-batch_size", "256")
+        # the config's own rules, one at a time as validate finds them
+        await fill(pilot, app, "f-data-width", "100")
+        assert "data.width = 100 is not allowed: must be a multiple of 16" in str(
+            app.query_one("#e-data-width", Static).content)
+        await fill(pilot, app, "f-data-width", "128")
+        await fill(pilot, app, "f-train-device", "gpu")
+        assert "use auto, cpu, cuda or cuda:N" in str(app.query_one("#e-train-device", Static).content)
+        await fill(pilot, app, "f-train-device", "auto")
+        for field in ("data-batch_size", "cluster-eps", "model-pretrained", "data-width", "train-device"):
+            assert not app.query_one(f"#e-{field}", Static).display
         await fill(pilot, app, "out", "bad.txt")
         await pilot.press("ctrl+s")
         await pilot.pause()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from hhcl.data.folder import parse as parse_folder_dataset
+from hhcl.data.folder import parse_folder
 from hhcl.data.samples import (
     DatasetFormatError,
     DatasetNotFoundError,
@@ -41,6 +42,14 @@ class ReIDDataset:
     gallery: list[Sample]
     top: Path | None = None
     skipped: list[str] = field(default_factory=list)
+    #: split -> camera names by camid, where the user named the cameras (a folder dataset); else "cam N"
+    cameras: dict[str, list[str]] = field(default_factory=dict)
+    #: query/gallery pid -> the identity folder's name (a folder dataset with identity folders)
+    identities: dict[int, str] = field(default_factory=dict)
+
+    def identity_name(self, pid: int) -> str:
+        """The query/gallery identity ``pid`` as the user named it: its folder's name, else the dataset's pid."""
+        return self.identities.get(pid, str(pid))
 
     def split(self, name: str) -> list[Sample]:
         """The samples of split ``train``, ``query`` or ``gallery``."""
@@ -265,7 +274,14 @@ def build_dataset(name: str, root: str | Path, **options) -> ReIDDataset:
     top = find_top(name, root)
     manifest = read_manifest(Path(root), name) or {}
     opts = {**manifest.get("options", {}), **options}
-    train, query, gallery = spec.parse(top, opts)
+    cameras: dict[str, list[str]] = {}
+    identities: dict[int, str] = {}
+    if name == "folder":  # the user's own data: keep the names it gives its cameras and identities
+        folder = parse_folder(top, opts)
+        train, query, gallery = folder.train, folder.query, folder.gallery
+        cameras, identities = folder.camera_names(), folder.identities
+    else:
+        train, query, gallery = spec.parse(top, opts)
     skipped = [str(top / rel) for rel in manifest.get("skipped", [])]
     if skipped:
         drop = set(skipped)
@@ -273,4 +289,4 @@ def build_dataset(name: str, root: str | Path, **options) -> ReIDDataset:
         train = relabel(train)  # folder: unlabelled pids (one per image) stay in path order
         query = [s for s in query if s.path not in drop]
         gallery = [s for s in gallery if s.path not in drop]
-    return ReIDDataset(name, Path(root) / name, train, query, gallery, top, skipped)
+    return ReIDDataset(name, Path(root) / name, train, query, gallery, top, skipped, cameras, identities)

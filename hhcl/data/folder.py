@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hhcl.data.samples import IMAGE_EXTS, DatasetFormatError, DatasetNotFoundError, Sample, is_image, relabel
@@ -55,7 +55,8 @@ class Camera:
 
 @dataclass
 class FolderData:
-    """The parsed splits, whether train is labelled, and the cameras found."""
+    """The parsed splits, whether train is labelled, the cameras found, and the query/gallery identity folders'
+    names by pid."""
 
     train: list[Sample]
     query: list[Sample]
@@ -63,6 +64,15 @@ class FolderData:
     labelled_train: bool
     cameras: list[Camera]
     notes: list[str]
+    identities: dict[int, str] = field(default_factory=dict)
+
+    def camera_names(self) -> dict[str, list[str]]:
+        """Split -> the cameras' names by camid (query and gallery share theirs): how the user named them."""
+        groups = {group: sorted((c.camid, c.name) for c in self.cameras if c.group == group)
+                  for group in ("train", "query/gallery")}
+        names = {group: [name for _, name in cams] for group, cams in groups.items() if cams}
+        split_groups = {"train": "train", "query": "query/gallery", "gallery": "query/gallery"}
+        return {split: names[group] for split, group in split_groups.items() if group in names}
 
 
 def natural_key(name: str) -> list[int | str]:
@@ -315,6 +325,7 @@ def parse_folder(top: Path, options: dict) -> FolderData:
     cameras = _cameras("train", {"train": [c for *_, c in raw]}, train_ids)
     query: list[Sample] = []
     gallery: list[Sample] = []
+    identities: dict[int, str] = {}
     if query_dir is not None and gallery_dir is not None:
         (q_kind, q_items), (g_kind, g_items) = _labelled(query_dir, cams, notes), _labelled(gallery_dir, cams, notes)
         if q_kind != g_kind:
@@ -323,10 +334,11 @@ def parse_folder(top: Path, options: dict) -> FolderData:
             )
         eval_ids = _camera_ids([c for *_, c in q_items + g_items])
         pids = _pid_index(q_items + g_items)
+        identities = {pid: name for name, pid in pids.items()}
         query, gallery = sorted(_samples(q_items, pids, eval_ids)), sorted(_samples(g_items, pids, eval_ids))
         split_cams = {"query": [c for *_, c in q_items], "gallery": [c for *_, c in g_items]}
         cameras += _cameras("query/gallery", split_cams, eval_ids)
-    return FolderData(train, query, gallery, labelled_train, cameras, list(notes))
+    return FolderData(train, query, gallery, labelled_train, cameras, list(notes), identities)
 
 
 def parse(top: Path, options: dict) -> tuple[list[Sample], list[Sample], list[Sample]]:

@@ -36,6 +36,7 @@ from hhcl.data.folder import SPLIT_DIRS, Camera, FolderData, parse_folder
 from hhcl.data.store import (
     CorruptImageError,
     build_cache,
+    cache_bytes,
     cache_paths,
     corrupt_hint,
     require_cache_space,
@@ -298,8 +299,10 @@ def _finish(
 
 def check_prepared(name: str, root: str | Path, *, height: int, width: int, cache: bool = True) -> str:
     """One line saying that dataset ``name`` under ``root`` is ready to train on: where it is, its image and
-    camera counts, whether its cache at ``height`` x ``width`` exists (``cache``: whether the run uses one) and,
-    when it is still to build, its size; a DatasetNotFoundError (naming the prepare command) or
+    camera counts, whether its cache at ``height`` x ``width`` holds these images as they are now (``cache``:
+    whether the run uses one; by the rule ``open_split`` rebuilds by, so a cache left by another folder prepared
+    into ``root`` is "rebuilt", not "ready") and, when it is still to build, its size; a DatasetNotFoundError
+    (naming the prepare command) or
     DatasetFormatError when it is not ready, a :class:`hhcl.diskspace.DiskSpaceError` when the cache to build
     does not fit on the data root's disk. What ``hhcl train --dry-run`` checks."""
     data = build_dataset(name, root)
@@ -315,9 +318,19 @@ def check_prepared(name: str, root: str | Path, *, height: int, width: int, cach
     if not cache:
         parts.append("no cache (data.cache = false): images are decoded at every use")
         return "; ".join(parts)
-    needed = require_cache_space(data.root, {s: data.split(s) for s in SPLITS}, height, width)
-    built = f"built on first use ({human_bytes(needed)}, fits on the disk)" if needed else "ready"
-    parts.append(f"cache {height}x{width}: {built}")
+    splits = {s: data.split(s) for s in SPLITS}
+    needed = {s: cache_bytes(data.root, s, samples, height, width) for s, samples in splits.items() if samples}
+    if not any(needed.values()):
+        parts.append(f"cache {height}x{width}: ready")
+        return "; ".join(parts)
+    size = human_bytes(require_cache_space(data.root, splits, height, width))
+    stale = [s for s, n in needed.items() if n and cache_paths(data.root, s, height, width)[0].is_file()]
+    if stale:
+        parts.append(f"cache {height}x{width}: will be rebuilt on first use ({size}, fits on the disk): the "
+                     f"{', '.join(stale)} cache{'s' * (len(stale) > 1)} hold{'s' * (len(stale) == 1)} other images "
+                     "(another folder prepared into this root, or files changed since)")
+    else:
+        parts.append(f"cache {height}x{width}: built on first use ({size}, fits on the disk)")
     return "; ".join(parts)
 
 

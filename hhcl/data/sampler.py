@@ -61,7 +61,7 @@ def batch_outlook(n_images: int, batch_size: int, num_instances: int) -> tuple[s
     if most >= batch_size:
         return text, None
     fits = min(most, n_images)  # and no more than the images there are
-    return text, (f"{plural(n_images, 'image')} form{'s' * (n_images == 1)} at most {plural(most_clusters, *kind)}: use a smaller batch "
+    return text, (f"{n_images} images form at most {plural(most_clusters, *kind)}: use a smaller batch "
                   f"(--set data.batch_size={max(2, fits - fits % num_instances)}), or more train images")
 
 

@@ -2,8 +2,10 @@
 
 The reference's first transform is ``Resize((H, W), interpolation=PIL.BICUBIC)``: deterministic, so it is done
 once per image (quirk #7). A cache is ``<dataset>/cache/<split>_<H>x<W>.npy`` (uint8 [N, 3, H, W]) plus a
-``.json`` index of the relative paths of its rows and of the rows that failed to decode (zeroed, recorded as
-``corrupt``: ``open_split`` refuses a split holding one); it is built in chunks into ``.partial`` files whose
+``.json`` index of the relative paths of its rows, the size and mtime of the file each row was decoded from
+(another folder prepared into the same data root under the same names, or a file replaced, makes the cache
+stale: it is rebuilt) and the rows that failed to decode (zeroed, recorded as ``corrupt``: ``open_split``
+refuses a split holding one); it is built in chunks into ``.partial`` files whose
 ``done`` counter makes an interrupted build resume, then renamed into place. The array's blocks are reserved on
 disk before a byte of it is written (``hhcl.diskspace``): a cache that does not fit is refused with a message,
 never left to die of SIGBUS in a sparse memory map, and a build that runs out of space leaves no part file.
@@ -154,11 +156,11 @@ def _build_bytes(dataset_dir: Path, split: str, rel: list[str], height: int, wid
 
 def cache_bytes(dataset_dir: Path, split: str, samples: Sequence[Sample], height: int, width: int) -> int:
     """Disk bytes that ``split``'s cache of ``samples`` at ``height`` x ``width`` still needs: 0 when a complete
-    cache holds every sample (the one ``open_split`` reads), else what building it takes."""
+    cache holds every sample as its file is now (:func:`cache_holds`: the cache ``open_split`` reads), else what
+    building it takes."""
     dataset_dir = Path(dataset_dir)
     rel = [os.path.relpath(s.path, dataset_dir) for s in samples]
-    existing = read_cache_index(dataset_dir, split, height, width)
-    if existing is not None and set(rel) <= set(existing.paths):
+    if cache_holds(read_cache_index(dataset_dir, split, height, width), rel, [s.path for s in samples]):
         return 0
     return _build_bytes(dataset_dir, split, rel, height, width)
 
@@ -201,15 +203,47 @@ def _write_json(path: Path, obj: dict) -> None:
 
 class CacheIndex(NamedTuple):
     """A complete cache's rows: ``paths`` in row order and the ``corrupt`` (zeroed) ones, both relative to the
-    dataset folder (the form ``os.path.relpath(sample.path, dataset.root)`` gives)."""
+    dataset folder (the form ``os.path.relpath(sample.path, dataset.root)`` gives), and the ``stamps`` (size,
+    mtime in ns: :func:`file_stamps`) of the files the rows were decoded from, in row order."""
 
     paths: list[str]
     corrupt: list[str]
+    stamps: list[list[int]]
+
+
+def file_stamps(paths: Sequence[str]) -> list[list[int]]:
+    """``[size, mtime in ns]`` of each file (``[-1, -1]`` when it cannot be read): a cache row is current while
+    the file it was decoded from still has its stamp."""
+    stamps = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamps.append([-1, -1])
+        else:
+            stamps.append([st.st_size, st.st_mtime_ns])
+    return stamps
+
+
+def cache_holds(index: CacheIndex | None, rel: Sequence[str], paths: Sequence[str]) -> bool:
+    """Whether the complete cache ``index`` holds the files ``paths`` (named ``rel`` as its rows are) as they
+    are now: each is one of its rows, decoded from a file of the same size and mtime (rows recorded corrupt are
+    not compared: they are never read, and a fixed file is decoded again by :func:`build_cache`). The one rule
+    by which ``open_split`` and ``build_cache`` rebuild a cache and ``hhcl train --dry-run`` reports it."""
+    if index is None:
+        return False
+    stamp = dict(zip(index.paths, index.stamps, strict=True))
+    if not all(r in stamp for r in rel):
+        return False
+    corrupt = set(index.corrupt)
+    compared = [(r, p) for r, p in zip(rel, paths, strict=True) if r not in corrupt]
+    return file_stamps([p for _, p in compared]) == [stamp[r] for r, _ in compared]
 
 
 def read_cache_index(dataset_dir: Path, split: str, height: int, width: int) -> CacheIndex | None:
     """The index of a complete cache, or None when there is no complete cache decoded as this code decodes
-    (:data:`DECODE_VERSION`)."""
+    (:data:`DECODE_VERSION`) with the stamps of its files (an index written before they were recorded cannot
+    tell another folder's images from these: the cache is rebuilt once)."""
     arr_path, idx_path = cache_paths(dataset_dir, split, height, width)
     if not (arr_path.is_file() and idx_path.is_file()):
         return None
@@ -217,9 +251,11 @@ def read_cache_index(dataset_dir: Path, split: str, height: int, width: int) -> 
         index = json.loads(idx_path.read_text())
     except json.JSONDecodeError:
         return None
-    if not index.get("complete") or index.get("decode") != DECODE_VERSION:
+    stamps = index.get("stamps")
+    if not index.get("complete") or index.get("decode") != DECODE_VERSION or not isinstance(stamps, list) \
+            or len(stamps) != len(index["paths"]):
         return None
-    return CacheIndex(index["paths"], _relative(index.get("corrupt", []), index["paths"], dataset_dir))
+    return CacheIndex(index["paths"], _relative(index.get("corrupt", []), index["paths"], dataset_dir), stamps)
 
 
 def _relative(corrupt: list[str], rows: list[str], dataset_dir: Path) -> list[str]:
@@ -235,8 +271,10 @@ def _retry_corrupt(
     arr_path, idx_path = cache_paths(dataset_dir, split, height, width)
     array = np.load(arr_path, mmap_mode="r+")
     row = {p: i for i, p in enumerate(index.paths)}
+    stamps = [list(s) for s in index.stamps]
     still = []
     for rel in index.corrupt:
+        stamps[row[rel]] = file_stamps([full[rel]])[0]  # before decoding: a file changed meanwhile is stale
         img = try_load(full[rel], height, width)
         if img is None:
             still.append(rel)
@@ -245,7 +283,7 @@ def _retry_corrupt(
     array.flush()
     del array
     if still != index.corrupt:
-        _write_json(idx_path, {"paths": index.paths, "complete": True, "corrupt": still})
+        _write_json(idx_path, {"paths": index.paths, "stamps": stamps, "complete": True, "corrupt": still})
     return still
 
 
@@ -266,8 +304,9 @@ def build_cache(
     of a run) ends the build there, and the next build resumes from that chunk.
 
     Corrupt rows are zeroed and recorded in the index. ``workers`` decoding threads (None: min(8, CPUs); 0: the
-    calling thread). Idempotent: a complete cache holding exactly these paths is kept, but its corrupt rows are
-    decoded again, so a file fixed in place is picked up. A cache the disk cannot hold is refused before a byte
+    calling thread). Idempotent: a complete cache holding exactly these paths, decoded from the files as they
+    are now (:func:`cache_holds`), is kept, but its corrupt rows are decoded again, so a file fixed in place is
+    picked up. A cache the disk cannot hold is refused before a byte
     is written, and running out of space (or past ``ulimit -f``) removes the part files: both raise
     :class:`hhcl.diskspace.DiskSpaceError` naming the cache file and the fix.
     """
@@ -277,16 +316,17 @@ def build_cache(
     full = dict(zip(rel, (s.path for s in samples), strict=True))
     arr_path, idx_path = cache_paths(dataset_dir, split, height, width)
     existing = read_cache_index(dataset_dir, split, height, width)
-    if existing is not None and existing.paths == rel:
+    if existing is not None and existing.paths == rel and cache_holds(existing, rel, list(full.values())):
         still = _retry_corrupt(dataset_dir, split, existing, full, height, width) if existing.corrupt else []
         return [full[r] for r in still]
     arr_path.parent.mkdir(parents=True, exist_ok=True)
     part_arr, part_idx = _part_paths(dataset_dir, split, height, width)
-    state = {"paths": rel, "done": 0, "corrupt": []}
+    stamps = file_stamps(list(full.values()))  # before decoding: a file changed meanwhile makes the cache stale
+    state = {"paths": rel, "stamps": stamps, "done": 0, "corrupt": []}
     if part_arr.is_file() and part_idx.is_file():
         try:
             old = json.loads(part_idx.read_text())
-            if old.get("paths") == rel and old.get("decode") == DECODE_VERSION:
+            if old.get("paths") == rel and old.get("stamps") == stamps and old.get("decode") == DECODE_VERSION:
                 state = {**old, "corrupt": _relative(old.get("corrupt", []), rel, dataset_dir)}
         except json.JSONDecodeError:
             pass
@@ -300,7 +340,7 @@ def build_cache(
         idx_path.unlink(missing_ok=True)  # an older cache's index never describes the new array
         os.replace(part_arr, arr_path)
         try:
-            _write_json(idx_path, {"paths": rel, "complete": True, "corrupt": state["corrupt"]})
+            _write_json(idx_path, {"paths": rel, "stamps": stamps, "complete": True, "corrupt": state["corrupt"]})
         except BaseException:
             arr_path.unlink(missing_ok=True)  # never read without its index: give its space back
             raise
@@ -466,15 +506,17 @@ def open_split(
     hint = corrupt_hint(dataset.name, base.parent)
     index = read_cache_index(base, split, height, width)
     rels = [os.path.relpath(s.path, base) for s in samples]
-    if cache and (index is None or not set(rels) <= set(index.paths)):
+    current = cache_holds(index, rels, [s.path for s in samples])
+    if cache and not current:
         build_cache(base, split, samples, height, width, progress=progress, workers=threads, after_chunk=after_chunk)
         index = read_cache_index(base, split, height, width)
+        current = index is not None  # just built from these files
     if index is not None and index.corrupt:
         recorded = set(index.corrupt)
         bad = [s.path for s, r in zip(samples, rels, strict=True) if r in recorded]
         if bad:
             raise CorruptImageError(bad, hint)
-    if index is None or not set(rels) <= set(index.paths):
+    if index is None or not current:
         return ImageStore(samples, height, width, device, workers=threads, hint=hint)
     arr_path, _ = cache_paths(base, split, height, width)
     array = np.load(arr_path, mmap_mode="r")

@@ -249,3 +249,62 @@ def rank_metrics(
     for s in range(0, q, step):
         acc.add(d[s : s + step], qp[s : s + step], qc[s : s + step])
     return acc.result(ranks)
+
+
+def chance_metrics(
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any,
+    g_camids: Any,
+    *,
+    ranks: Sequence[int] = (1, 5, 10),
+    draws: int = 8,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What a random ranking scores under :func:`rank_metrics`' protocol, so a measured mAP can be read against it.
+
+    Exact expectations: a query with ``R`` true matches among ``N`` ranked gallery items (its same-pid,
+    same-camera items left out) has E[AP] = H_N / N + (R - 1)(N - H_N) / (N (N - 1)) (H_N the N-th harmonic number:
+    each true match's own precision term averages H_N / N, each pair's (N - H_N) / (N (N - 1))), and
+    E[CMC@k] = 1 - C(N - R, k) / C(N, k). ``mAP_sd`` is the spread of a random ranking's mAP (the standard deviation
+    over ``draws`` rankings of random distances, seeded): how far above ``mAP`` a model must be to beat chance.
+    """
+    gp = as_tensor(g_pids, name="g_pids").long().cpu()
+    gc = _labels(g_camids, len(gp), "g_camids", torch.device("cpu"))
+    qp = as_tensor(q_pids, name="q_pids").long().cpu()
+    qc = _labels(q_camids, len(qp), "q_camids", torch.device("cpu"))
+    # per query: gallery items of its pid (R + junk) and of its pid and camera (junk), by sorted-key lookups
+    n_same = _count_matches(gp, qp)
+    n_junk = _count_matches(gp * (int(max(gc.max(), qc.max())) + 1) + gc, qp * (int(max(gc.max(), qc.max())) + 1) + qc)
+    n = (len(gp) - n_junk).double()
+    r = (n_same - n_junk).double()
+    keep = r > 0  # as rank_metrics: a query without a true match is not scored
+    if not bool(keep.any()):
+        raise ValueError("no query has a true match in the gallery (same pid, another camera): chance is undefined")
+    n, r = n[keep], r[keep]
+    harmonic = torch.cumsum(1.0 / torch.arange(1, int(n.max()) + 1, dtype=torch.float64), 0)
+    h = harmonic[n.long() - 1]
+    ap = h / n + torch.where(n > 1, (r - 1) * (n - h) / (n * (n - 1)).clamp(min=1), 0.0)
+    out_ranks = {}
+    for k in ranks:
+        miss = torch.ones_like(n)
+        for i in range(int(k)):  # P(no true match in the top k) = prod_i (N - R - i) / (N - i)
+            miss = miss * ((n - r - i).clamp(min=0) / (n - i).clamp(min=1))
+        out_ranks[int(k)] = float((1 - miss).mean())
+    gen = torch.Generator().manual_seed(seed)
+    maps = []
+    for _ in range(draws):
+        acc = RankAccumulator(gp, gc)
+        step = max(1, CHUNK_ELEMS // max(len(gp), 1))
+        for s in range(0, len(qp), step):
+            rows = torch.rand(min(step, len(qp) - s), len(gp), generator=gen)
+            acc.add(rows, qp[s : s + step], qc[s : s + step])
+        maps.append(acc.result(ranks)["mAP"])
+    return {"mAP": float(ap.mean()), "ranks": out_ranks, "mAP_sd": float(np.std(maps, ddof=1)) if draws > 1 else 0.0}
+
+
+def _count_matches(keys: Tensor, queries: Tensor) -> Tensor:
+    """For each query key, how many entries of ``keys`` equal it (sorted-keys lookups, no loop over samples)."""
+    uniq, count = torch.unique(keys, return_counts=True)
+    pos = torch.searchsorted(uniq, queries).clamp(max=max(len(uniq) - 1, 0))
+    return torch.where(uniq[pos] == queries, count[pos], 0) if len(uniq) else torch.zeros_like(queries)

@@ -16,6 +16,7 @@ from hhcl.config import AMP_MODES, Config
 from hhcl.data import build_dataset, open_split
 from hhcl.distributed import resolve_device
 from hhcl.evaluation.features import pairwise_sq_dist
+from hhcl.evaluation.metrics import chance_metrics
 from hhcl.evaluation.query_gallery import evaluate_features, reranked_metrics, split_features
 from hhcl.models.loading import load_model
 from hhcl.visualize import sample_queries, save_ranklists
@@ -40,6 +41,13 @@ class EvalReport:
     ranklists: list[Path] = field(default_factory=list)
     data_root: str = ""  # the data root evaluated (absolute)
     data_root_from: str = ""  # "override" (--root), "run" (the run's data.root) or "default" (none recorded)
+    chance: dict[str, Any] | None = None  # what a random ranking scores here (chance_metrics)
+
+    def beats_chance(self) -> bool:
+        """Whether the plain mAP is more than 3 standard deviations of a random ranking's mAP above chance."""
+        if self.chance is None:
+            return True
+        return self.metrics["mAP"] > self.chance["mAP"] + 3 * self.chance["mAP_sd"]
 
     def rows(self) -> list[tuple[str, dict[str, Any]]]:
         """(label, metrics) for the plain result and, when present, the re-ranked one."""
@@ -72,6 +80,10 @@ class EvalReport:
         }
         if "rerank" in self.metrics:
             out["rerank"] = numbers(self.metrics["rerank"])
+        if self.chance is not None:
+            out["chance"] = {"mAP": self.chance["mAP"], "mAP_sd": self.chance["mAP_sd"],
+                             **{f"R{r}": v for r, v in self.chance["ranks"].items()}}
+            out["beats_chance"] = self.beats_chance()
         if self.ranklists:
             out["ranklists"] = [str(p) for p in self.ranklists]
         return out
@@ -151,6 +163,7 @@ def evaluate_checkpoint(
     f = split_features(model, qs, gs, batch_size=batch_size, flip=flip, amp=amp)
     t2 = time.perf_counter()
     metrics = evaluate_features(f.query, f.gallery, *f.labels)
+    chance = chance_metrics(*f.labels)
     seconds = {"load": t1 - t0, "features": t2 - t1, "metrics": time.perf_counter() - t2}
     reranked = None
     if rerank:
@@ -161,7 +174,8 @@ def evaluate_checkpoint(
     if ranklist:
         sel = sample_queries(len(qs), num_ranklists).to(dev)
         rows = reranked[sel] if reranked is not None else pairwise_sq_dist(f.query[sel], f.gallery)
-        paths = save_ranklists(rows, sel.cpu(), qs.samples, gs.samples, topk=ranklist, out_dir=Path(str(out_dir)))
+        paths = save_ranklists(rows, sel.cpu(), qs.samples, gs.samples, topk=ranklist, out_dir=Path(str(out_dir)),
+                               identities=data.identities)
     return EvalReport(
-        info.source, name, info.arch, len(qs), len(gs), metrics, seconds, paths, str(data_root), origin
+        info.source, name, info.arch, len(qs), len(gs), metrics, seconds, paths, str(data_root), origin, chance
     )

@@ -159,7 +159,8 @@ class Error(Event):
 
 @dataclass(kw_only=True)
 class RunEnd(Event):
-    """The process stops training: status ok, error or interrupted; ``resume`` is the command to continue."""
+    """The process stops training: status ok, error or interrupted; ``resume`` is the command to continue.
+    ``best_mAP``/``best_epoch`` are absent when the run has never evaluated; ``elapsed`` is this process's time."""
 
     type: ClassVar[str] = "run_end"
     status: str | None = None

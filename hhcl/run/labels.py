@@ -1,7 +1,8 @@
 """Each epoch's pseudo labels, kept in the run directory: a small int32 array per epoch plus the train image list.
 
 ``labels/train.tsv`` lists the train images in the order the labels index them (path, identity or -1 when the
-train set has none, camera id), written once per run; ``labels/epoch_NNN.npy`` holds one epoch's labels (-1 for
+train set has none, camera id and, where the dataset names its cameras, the camera's name: a folder dataset's
+sub-folder or ``--cam-pattern`` name; files without that column read as ``cam N``), written once per run; ``labels/epoch_NNN.npy`` holds one epoch's labels (-1 for
 outliers). ``hhcl clusters`` draws them, and a copied run directory keeps them.
 
 A file name may hold any character but ``/`` and NUL, tabs and line breaks included, so a path is written with
@@ -47,34 +48,59 @@ class LabelsError(ValueError):
 
 @dataclass(frozen=True)
 class TrainIndex:
-    """The train images the labels index: paths, identities (-1 when unknown) and camera ids."""
+    """The train images the labels index: paths, identities (-1 when unknown), camera ids and the cameras' names
+    by camid (None: the file records none, as for datasets that only number their cameras)."""
 
     paths: list[str]
     pids: np.ndarray
     camids: np.ndarray
+    cam_names: list[str] | None = None
+
+    def camera_names(self) -> list[str]:
+        """The name of each camid: the recorded one, else ``cam N`` (1-based, as Market's ``c1`` is camid 0)."""
+        count = max(int(self.camids.max(initial=-1)) + 1, len(self.cam_names or []))
+        return [self.cam_names[c] if self.cam_names and c < len(self.cam_names) else f"cam {c + 1}"
+                for c in range(count)]
 
 
-def save_train_index(layout: RunLayout, paths: Sequence[str], pids: Sequence[int] | None, camids: Sequence[int]) -> None:
-    """Write ``train.tsv`` (``pids`` None: the train set has no identities), paths quoted (:func:`quote_name`)."""
+def save_train_index(
+    layout: RunLayout,
+    paths: Sequence[str],
+    pids: Sequence[int] | None,
+    camids: Sequence[int],
+    cam_names: Sequence[str] | None = None,
+) -> None:
+    """Write ``train.tsv`` (``pids`` None: the train set has no identities), paths quoted (:func:`quote_name`);
+    ``cam_names`` (by camid: the names the user gave the cameras) adds a ``camera`` column, so the contact sheets
+    and the dashboard show them."""
     pid_list = list(pids) if pids is not None else [-1] * len(paths)
-    rows = [
-        "path\tpid\tcamid",
-        *(f"{quote_name(p)}\t{int(i)}\t{int(c)}" for p, i, c in zip(paths, pid_list, camids, strict=True)),
-    ]
-    atomic_write_text(layout.labels / TRAIN_INDEX, "\n".join(rows) + "\n")
+    rows = zip(paths, pid_list, camids, strict=True)
+    if cam_names is None:
+        lines = ["path\tpid\tcamid", *(f"{quote_name(p)}\t{int(i)}\t{int(c)}" for p, i, c in rows)]
+    else:
+        lines = ["path\tpid\tcamid\tcamera",
+                 *(f"{quote_name(p)}\t{int(i)}\t{int(c)}\t{quote_name(cam_names[int(c)])}" for p, i, c in rows)]
+    atomic_write_text(layout.labels / TRAIN_INDEX, "\n".join(lines) + "\n")
 
 
 def read_train_index(layout: RunLayout) -> TrainIndex:
-    """The image list the run's labels index (rows split on line feeds only, paths unquoted)."""
+    """The image list the run's labels index (rows split on line feeds only, paths and names unquoted); a file
+    without the ``camera`` column (older runs, numbered cameras) has no names."""
     path = layout.labels / TRAIN_INDEX
     if not path.is_file():
         raise LabelsError(f"{path} is missing: this run keeps no pseudo labels (runs before hhcl kept them did not)")
-    lines = path.read_text(encoding="utf-8").split("\n")[1:]
-    cols = [line.rsplit("\t", 2) for line in lines if line]
-    if any(len(c) != 3 for c in cols):
-        raise LabelsError(f"{path} is malformed: expected 'path<TAB>pid<TAB>camid' rows")
+    header, *lines = path.read_text(encoding="utf-8").split("\n")
+    named = header.endswith("\tcamera")
+    cols = [line.rsplit("\t", 3 if named else 2) for line in lines if line]
+    if any(len(c) != (4 if named else 3) for c in cols):
+        raise LabelsError(f"{path} is malformed: expected 'path<TAB>pid<TAB>camid{'<TAB>camera' * named}' rows")
     paths = [unquote_name(c[0]) for c in cols]
-    return TrainIndex(paths, np.array([int(c[1]) for c in cols], np.int64), np.array([int(c[2]) for c in cols], np.int64))
+    camids = np.array([int(c[2]) for c in cols], np.int64)
+    cam_names = None
+    if named:
+        by_camid = {int(c[2]): unquote_name(c[3]) for c in cols}
+        cam_names = [by_camid.get(c, f"cam {c + 1}") for c in range(int(camids.max(initial=-1)) + 1)]
+    return TrainIndex(paths, np.array([int(c[1]) for c in cols], np.int64), camids, cam_names)
 
 
 def save_epoch_labels(layout: RunLayout, epoch: int, labels: np.ndarray) -> Path:

@@ -19,8 +19,11 @@ def clusters(
     per_cluster: Annotated[int, typer.Option(help="images sampled per cluster")] = 12,
     root: Annotated[Path | None, typer.Option(help="data root holding the train images [default: the run's data.root]")] = None,
 ) -> None:
-    """Draw one epoch's clusters from the original images: one row per cluster, largest first, plus the outliers
-    and a histogram of cluster sizes."""
+    """Draw one epoch's pseudo-label clusters as contact sheets.
+
+    From the original images: one row per cluster, largest first, plus the outliers and a histogram of cluster
+    sizes.
+    """
     from hhcl.cluster_sheets import draw_run_clusters
     from hhcl.run.labels import LabelsError
 

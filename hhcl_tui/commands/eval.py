@@ -33,7 +33,21 @@ def _table(report: Any) -> Table:
         table.add_column(col, justify="right")
     for label, m in report.rows():
         table.add_row(label, *(f"{100 * v:.1f}" for v in (m["mAP"], m["ranks"][1], m["ranks"][5], m["ranks"][10])))
+    if report.chance is not None:
+        c = report.chance
+        table.add_row(Text("a random ranking (chance)", style="dim"),
+                      *(Text(f"{100 * v:.1f}", style="dim") for v in (c["mAP"], c["ranks"][1], c["ranks"][5], c["ranks"][10])))
     return table
+
+
+def chance_verdict(report: Any) -> str | None:
+    """A line saying the model ranks no better than chance, when its mAP is within 3 sd of a random ranking's."""
+    if report.chance is None or report.beats_chance():
+        return None
+    c = report.chance
+    return (f"mAP {100 * report.metrics['mAP']:.1f} is not more than 3 standard deviations above a random "
+            f"ranking's ({100 * c['mAP']:.1f} +- {100 * c['mAP_sd']:.1f}): this model tells these people apart no "
+            "better than chance (an untrained model, or one trained on too little).")
 
 
 def eval_cmd(
@@ -50,7 +64,10 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(help="images per batch for feature extraction")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
 ) -> None:
-    """Evaluate a model on a dataset's query/gallery split: mAP, R1, R5, R10 (the reference's protocol)."""
+    """Evaluate a model on a dataset's query/gallery split.
+
+    mAP, R1, R5, R10 (the reference's protocol).
+    """
     from hhcl.checkpoint import CheckpointError
     from hhcl.config import ConfigError
     from hhcl.data import CorruptImageError, DatasetFormatError, DatasetNotFoundError
@@ -84,6 +101,9 @@ def eval_cmd(
     except (CheckpointError, DatasetNotFoundError, DatasetFormatError, CorruptImageError, ValueError) as err:
         raise fail(str(err), 1) from None
     console.print(_table(report))
+    verdict = chance_verdict(report)
+    if verdict:
+        console.print(verdict, style="yellow", highlight=False, markup=False)
     secs = report.seconds
     console.print(
         f"features {secs['features']:.1f} s, metrics {secs['metrics']:.2f} s"

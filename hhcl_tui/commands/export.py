@@ -18,7 +18,10 @@ def export(
     format: Annotated[str, typer.Option("--format", "-f", help="onnx, torchscript or safetensors")],
     out: Annotated[Path, typer.Option("--out", "-o", help="file to write, e.g. model.onnx")],
 ) -> None:
-    """Export an embedder (RGB [0,1] NCHW in, L2-normalised embeddings out) and check it against PyTorch."""
+    """Export an embedder to ONNX, TorchScript or safetensors.
+
+    RGB [0,1] NCHW in, L2-normalised embeddings out; checked against PyTorch.
+    """
     from hhcl.checkpoint import CheckpointError
     from hhcl.export import FORMATS, MIN_COSINE, ExportError
     from hhcl.export import export as run_export
@@ -48,8 +51,11 @@ def embed(
     batch_size: Annotated[int, typer.Option(help="images per batch")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
 ) -> None:
-    """Embed every image under IMAGES_DIR (sorted path order) into FILE.npy, with the file list in FILE.txt (one
-    name per line; %, tab and line breaks in a name percent-encoded)."""
+    """Embed every image under IMAGES_DIR into FILE.npy.
+
+    In sorted path order, with the file list in FILE.txt (one name per line; %, tab and line breaks in a name
+    percent-encoded).
+    """
     from hhcl.checkpoint import CheckpointError
     from hhcl.config import ConfigError
     from hhcl.export import EmbedError

@@ -44,8 +44,10 @@ def monitor(
         ),
     ] = None,
 ) -> None:
-    """Watch a run in the terminal (or a browser, --web): progress, loss, clusters, mAP/R1; tails a live run,
-    replays a finished one."""
+    """Watch a run: progress, loss, clusters, mAP/R1.
+
+    In the terminal, or in a browser with --web; tails a live run, replays a finished one.
+    """
     layout = RunLayout.of(run_dir)
     note = None
     if not layout.is_run():

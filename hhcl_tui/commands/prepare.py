@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from hhcl.config import DATASETS
 from hhcl_tui.common import console, data_root, err_console, fail
 
 NOTES_SHOWN = 20  # notes printed one per line; the rest are counted
@@ -29,9 +30,7 @@ def _camera_table(report: Any) -> Table:
 
 
 def prepare(
-    dataset: Annotated[
-        str, typer.Argument(help="market1501, dukemtmcreid, msmt17, viper, folder or synthetic")
-    ],
+    dataset: Annotated[str, typer.Argument(help=f"one of {', '.join(DATASETS)}")],
     src: Annotated[Path | None, typer.Option(help="the dataset's archive (.zip/.tar[.gz]) or folder")] = None,
     root: Annotated[Path | None, typer.Option(help="data root (default: $HHCL_DATA or ./data)")] = None,
     height: Annotated[
@@ -59,7 +58,10 @@ def prepare(
     ] = 0.0,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Prepare a dataset under ROOT/DATASET: safe extraction, layout and count checks, decoding, uint8 cache."""
+    """Prepare a dataset under ROOT/DATASET for training.
+
+    Safe extraction, layout and count checks, decoding, uint8 cache.
+    """
     from hhcl.data import REGISTRY, CorruptImageError, prepare_dataset, prepare_synthetic
     from hhcl.diskspace import disk_error, is_disk_full
 

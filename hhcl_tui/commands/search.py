@@ -36,7 +36,10 @@ def search(
     batch_size: Annotated[int, typer.Option(help="images per batch when embedding")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
 ) -> None:
-    """Find each query's nearest gallery images; the gallery's embeddings are cached beside it."""
+    """Find each query's nearest gallery images.
+
+    The gallery's embeddings are cached beside it.
+    """
     from hhcl.checkpoint import CheckpointError
     from hhcl.config import ConfigError
     from hhcl.data import CorruptImageError

@@ -18,8 +18,11 @@ def tensorboard(
     runs: Annotated[list[Path], typer.Argument(help="run directories (runs/<name>)")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write each run to OUT/<run name> [default: <run>/tensorboard]")] = None,
 ) -> None:
-    """Write the runs' loss, lr, clusters, pseudo-label quality and mAP/CMC as TensorBoard scalars (replacing an
-    earlier export), then print the `tensorboard --logdir` command to view them."""
+    """Write the runs' scalars for TensorBoard.
+
+    Loss, lr, clusters, pseudo-label quality and mAP/CMC as TensorBoard scalars (replacing an earlier export),
+    then the `tensorboard --logdir` command to view them.
+    """
     from hhcl.tensorboard import (
         TensorBoardMissingError,
         plan_tensorboard,

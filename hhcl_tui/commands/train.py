@@ -63,7 +63,10 @@ def train(
     tui: Annotated[bool, typer.Option("--tui", help="watch the run in the Textual dashboard")] = False,
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="GPUs (processes) on this node; >1 launches torchrun")] = 1,
 ) -> None:
-    """Train an HHCL model (unsupervised by default) and evaluate it every train.eval_every epochs."""
+    """Train an HHCL model (unsupervised by default).
+
+    The model is evaluated every train.eval_every epochs.
+    """
     from hhcl.run.checkpoint import checkpoint_position, resume_config, resume_epochs_error
 
     if resume is not None:
@@ -230,7 +233,10 @@ def demo(
     threads: Annotated[int | None, typer.Option(help="CPU threads [default: hhcl.demo.DEMO_THREADS, the count of the README's figures; the run's path depends on it]")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the numbers and the conditions they were measured under")] = None,
 ) -> None:
-    """Generate synthetic people, train the demo preset on the CPU, and show mAP before and after."""
+    """Generate synthetic people and train on them on the CPU.
+
+    Trains the demo preset and shows mAP before and after.
+    """
     from hhcl.demo import DEMO_THREADS, run_demo
     from hhcl.run.atomic import atomic_write_text
 

@@ -18,7 +18,11 @@ def wizard(
     preset: Annotated[str, typer.Option("--preset", "-p", help="preset to start from (hhcl presets list)")] = "market",
     root: Annotated[Path | None, typer.Option(help="data root to look for prepared datasets [default: $HHCL_DATA or ./data]")] = None,
 ) -> None:
-    """Pick a preset, edit dataset/backbone/eps/batch/epochs/GPUs/AMP with live validation, save a TOML, train it."""
+    """Build a config in a form, save it as TOML, train it.
+
+    Pick a preset; edit the dataset, backbone, pretrained weights, image size, eps, batch, epochs, device, GPUs
+    and AMP with live validation.
+    """
     from hhcl_tui.wizard import run_wizard
 
     try:

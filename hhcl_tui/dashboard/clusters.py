@@ -42,11 +42,12 @@ MISSING_TILE = (70, 70, 70)
 
 @dataclass(frozen=True)
 class ClusterRow:
-    """One cluster as the tab shows it: id, size, cameras (1-based, as ``hhcl clusters`` names them), strip."""
+    """One cluster as the tab shows it: id, size, cameras (the names the user gave them, else their 1-based
+    numbers, as ``hhcl clusters`` names them), strip."""
 
     cluster: int
     size: int
-    cameras: list[int]
+    cameras: list[str]
     shown: int
     strip: Image.Image
 
@@ -157,7 +158,7 @@ def load_gallery(
         paths = [p if p.is_absolute() or root is None else root / p for p in paths]
         strip, lost = cluster_strip(paths, index.camids[pick.shown].tolist(), tile_height)
         unread += lost
-        cameras = sorted(int(c) + 1 for c in np.unique(index.camids[pick.members]))
+        cameras = [index.cam_names[c] if index.cam_names else str(c + 1) for c in np.unique(index.camids[pick.members])]
         rows.append(ClusterRow(pick.cluster, len(pick.members), cameras, len(pick.shown), strip))
     note = ""
     if unread:
@@ -188,12 +189,14 @@ def gallery_head(gallery: ClusterGallery) -> Text:
 
 
 def row_caption(rank: int, row: ClusterRow) -> Text:
-    """``#1 cluster 7`` / ``12 images`` / ``cams 1 2 4`` / ``8 shown`` (the last only when not all are)."""
+    """``#1 cluster 7`` / ``12 images`` / ``cams 1 2 4`` (or the cameras' names: ``cams a b``; ``cams front
+    door, yard`` when a name has a space) / ``8 shown`` (the last only when not all are)."""
     text = Text()
     text.append(f"#{rank} ", style="dim")
     text.append(f"cluster {row.cluster}\n", style="bold")
     text.append(f"{plural(row.size, 'image')}\n")
-    text.append(f"cam{'s' * (len(row.cameras) != 1)} " + " ".join(map(str, row.cameras)), style="dim")
+    joint = ", " if any(" " in name for name in row.cameras) else " "
+    text.append(f"cam{'s' * (len(row.cameras) != 1)} " + joint.join(row.cameras), style="dim")
     if row.shown < row.size:
         text.append(f"\n{row.shown} shown", style="dim")
     return text

@@ -111,7 +111,8 @@ class RunState:
     last_checkpoint: str | None = None
     status: str = "waiting"  # one of STATUSES
     silent_for: float | None = None  # seconds without news, while status is "silent"
-    elapsed: float | None = None
+    elapsed: float | None = None  # an ended run's span from its first start to its run_end
+    process_elapsed: float | None = None  # the time of the process that wrote the run_end (run_end.elapsed)
     start_t: float | None = None
     last_t: float | None = None
     progress_t: float | None = None
@@ -335,13 +336,14 @@ def _on_run_end(state: RunState, e: RunEnd, t: float | None) -> None:
     state.stage = None
     state.status = e.status if e.status in RUN_STATUSES else "error"  # a run_end without a valid status
     state.silent_for = None
-    state.elapsed = e.elapsed
-    if state.elapsed is None and t is not None and state.start_t is not None:
-        state.elapsed = t - state.start_t
-    if e.best_mAP is not None:
+    # the run's whole span, from its first start (as the log's +m:ss); a resumed run's last process took less
+    state.process_elapsed = e.elapsed
+    state.elapsed = t - state.start_t if t is not None and state.start_t is not None else e.elapsed
+    evaluated = e.best_epoch is not None and e.best_epoch >= 0  # older logs wrote 0.0 / -1 for "never evaluated"
+    if e.best_mAP is not None and evaluated:
         state.best_map = e.best_mAP
     level = {"ok": "good", "interrupted": "warn"}.get(state.status, "error")
-    best_at = f" ({epoch_label(e.best_epoch)})" if e.best_epoch is not None else ""
+    best_at = f" ({epoch_label(e.best_epoch)})" if evaluated else ""
     detail = f" · best mAP {state.best_map:.1%}{best_at}" if state.best_map is not None else ""
     add_log(state, t, level, f"run ended: {state.status}{detail}")
     if e.message:

@@ -125,6 +125,9 @@ def eta_text(state: RunState) -> Text:
     text = Text(no_wrap=True, overflow="ellipsis")
     if state.ended:
         _pair(text, "done in", fmt_duration(state.elapsed))
+        last = state.process_elapsed
+        if last is not None and state.elapsed is not None and state.elapsed - last > 1.0:  # resumed: say both
+            text.append(f" (last process {fmt_duration(last)})", style="dim")
         return text
     _pair(text, "ETA", fmt_duration(state.eta_seconds), "bold yellow")
     text.append("  ")
@@ -201,7 +204,10 @@ def eval_text(state: RunState) -> Text:
     text = Text(no_wrap=True, overflow="ellipsis")
     best = state.best_eval
     if best is None:
-        text.append("no evaluation yet", style="dim")
+        if state.n_query == 0 or state.n_gallery == 0:  # unlabelled crops: there is nothing to evaluate on
+            text.append("no evaluation: no labelled query/gallery set", style="dim")
+        else:
+            text.append("not evaluated" if state.ended else "no evaluation yet", style="dim")
         return text
     text.append("★ best ", style="bold green")
     _pair(text, "mAP", fmt_pct(best.mAP), "bold green")

@@ -16,6 +16,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from hhcl.config import ConfigError, preset_description, preset_names
+from hhcl.words import plural
 from hhcl_tui.wizard.form import FIELDS, Field, WizardForm
 
 
@@ -160,7 +161,7 @@ class WizardApp(App[list[str] | None]):
                 )
             subtitle = f"valid · {len(changed)} changed from {Path(form.preset).stem}" if changed else "valid"
         else:
-            subtitle = f"✗ {len(form.errors)} error(s): fix the red field"
+            subtitle = f"✗ {plural(len(form.errors), 'error')}: fix the red field"
         if box.border_subtitle != subtitle:
             box.border_subtitle = subtitle
             box.set_class(not form.valid, "-invalid")

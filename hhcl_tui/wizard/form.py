@@ -15,6 +15,7 @@ from hhcl.config import (
     AMP_MODES,
     ARCHS,
     DATASETS,
+    INT_BOUNDS,
     MEMORY_MODES,
     POOLINGS,
     Config,
@@ -26,6 +27,7 @@ from hhcl.config import (
 from hhcl.run.atomic import atomic_write_text
 
 GPUS = "gpus"  # not a config key: the --nproc-per-node of the train command the wizard offers to run
+PRETRAINED_WORDS = ("imagenet", "none")  # the model.pretrained settings that name no path
 
 
 @dataclass(frozen=True)
@@ -46,16 +48,26 @@ class Field:
         return "e-" + self.key.replace(".", "-")
 
 
+def _size_hint(key: str) -> str:
+    """A placeholder from the key's :data:`INT_BOUNDS` range (``validate`` also wants a multiple of 16)."""
+    low, high, _ = INT_BOUNDS[key]
+    return f"pixels, {low} to {high}, a multiple of 16"
+
+
 FIELDS: tuple[Field, ...] = (
     Field("data.dataset", "Dataset", DATASETS),
     Field("model.arch", "Backbone", ARCHS),
+    Field("model.pretrained", "Pretrained", hint="imagenet, none, or a run directory or weight file"),
     Field("model.pooling", "Pooling", POOLINGS),
+    Field("data.height", "Image height", hint=_size_hint("data.height")),
+    Field("data.width", "Image width", hint=_size_hint("data.width")),
     Field("memory.mode", "Memory mode", MEMORY_MODES),
     Field("cluster.eps", "DBSCAN eps", hint="Jaccard distance in (0, 1), or auto"),
     Field("data.batch_size", "Batch size", hint="a multiple of instances"),
     Field("data.num_instances", "Instances / id", hint="images per pseudo identity"),
     Field("train.epochs", "Epochs"),
     Field("train.iters", "Iters / epoch"),
+    Field("train.device", "Device", hint="auto, cpu, cuda or cuda:N"),
     Field(GPUS, "GPUs", hint="processes on this node"),
     Field("train.amp", "AMP", AMP_MODES),
 )
@@ -108,6 +120,8 @@ class WizardForm:
                 apply_overrides(cfg, [f"{key}={text.strip()}"])
             except ConfigError as err:
                 self.errors[key] = str(err)
+        if "model.pretrained" not in self.errors:
+            self._check_pretrained(self.values["model.pretrained"].strip())
         gpus = self.values[GPUS].strip()
         if gpus.isdigit() and int(gpus) >= 1:
             self.gpus = int(gpus)
@@ -121,6 +135,18 @@ class WizardForm:
                 where = named if named in FIELD_KEYS else (self.last_edited or FIELDS[0].key)
                 self.errors[where] = str(err)
         self.config = None if self.errors else cfg
+
+    def _check_pretrained(self, setting: str) -> None:
+        """The one check beyond ``validate``, which leaves a path to the run's start (a config may be written for
+        another machine): the wizard's config is trained here, so a ``model.pretrained`` path must exist."""
+        path = Path(setting).expanduser()
+        if setting in PRETRAINED_WORDS or (setting and path.exists()):
+            return
+        missing = f"{path} does not exist; " if setting else ""
+        self.errors["model.pretrained"] = (
+            f"model.pretrained = {setting!r} is not allowed: {missing}use imagenet, none, or the path of a run "
+            "directory or a .pth, .pth.tar or .safetensors file."
+        )
 
     @property
     def valid(self) -> bool:
