@@ -119,8 +119,8 @@ def sample_queries(num_queries: int, count: int) -> Tensor:
 
 
 def file_part(name: str) -> str:
-    """``name`` as one part of a file name: runs of characters other than letters, digits, ``.``, ``-`` and
-    ``_`` become one ``_``, at most :data:`NAME_CHARS` characters, never empty."""
+    """``name`` as one part of a file name: each run of characters other than letters and digits (of any script),
+    ``.``, ``-`` and ``_`` becomes one ``_``; at most :data:`NAME_CHARS` characters, never empty."""
     return re.sub(r"[^\w.-]+", "_", name).strip("_")[:NAME_CHARS] or "_"
 
 

@@ -47,10 +47,6 @@ class ReIDDataset:
     #: query/gallery pid -> the identity folder's name (a folder dataset with identity folders)
     identities: dict[int, str] = field(default_factory=dict)
 
-    def identity_name(self, pid: int) -> str:
-        """The query/gallery identity ``pid`` as the user named it: its folder's name, else the dataset's pid."""
-        return self.identities.get(pid, str(pid))
-
     def split(self, name: str) -> list[Sample]:
         """The samples of split ``train``, ``query`` or ``gallery``."""
         if name not in ("train", "query", "gallery"):
