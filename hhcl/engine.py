@@ -485,8 +485,10 @@ class Trainer:
         """Train to ``train.epochs`` and return how it ended; whatever stops the run, the log records why.
 
         Rank 0 holds the run directory's lock for the whole run (a live owner makes this raise
-        :class:`hhcl.run.lock.RunLockedError` before anything is written). SIGTERM and the first Ctrl-C stop after
-        the current step with a checkpoint; a second one stops at once. Errors become an ``error`` event.
+        :class:`hhcl.run.lock.RunLockedError` before anything is written). SIGTERM, SIGHUP and the first Ctrl-C stop
+        after the current step with a checkpoint, or during start-up, an epoch's set-up or an evaluation at the
+        stage's next boundary (:class:`StopRequested`: nothing new to keep, no checkpoint); a second one stops at
+        once. Errors become an ``error`` event.
         """
         t0 = time.time()
         with StopSignals(self) as self.signals:  # from the start: a stop at any moment is honoured and recorded
