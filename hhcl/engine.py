@@ -487,8 +487,9 @@ class Trainer:
         Rank 0 holds the run directory's lock for the whole run (a live owner makes this raise
         :class:`hhcl.run.lock.RunLockedError` before anything is written). SIGTERM, SIGHUP and the first Ctrl-C stop
         after the current step with a checkpoint, or during start-up, an epoch's set-up or an evaluation at the
-        stage's next boundary (:class:`StopRequested`: nothing new to keep, no checkpoint); a second one stops at
-        once. Errors become an ``error`` event.
+        stage's next boundary (:class:`StopRequested`; set-up has nothing new to keep, so no checkpoint is written,
+        while a cut evaluation keeps its trained epoch); a second one stops at once. Errors become an ``error``
+        event.
         """
         t0 = time.time()
         with StopSignals(self) as self.signals:  # from the start: a stop at any moment is honoured and recorded
