@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/demo_figures.py                  # the default (2 threads), then write both files
     .venv/bin/python benchmarks/demo_figures.py --also-threads 1 # plus a run with 1 thread (the run's path depends on it)
     .venv/bin/python benchmarks/demo_figures.py --print          # measure, print the block, write nothing
+    .venv/bin/python benchmarks/demo_figures.py --grid           # CPU kernels (default, AVX2) x threads (2, 1) x
+                                                                 # seeds (1, 2, 3): 12 runs, median and range
 
 Each run is a fresh `hhcl demo` process on a fresh temporary data root (the synthetic people are generated, cached
 and trained on from scratch, as on a fresh clone). The block between the `demo-figures` markers is replaced whole,
@@ -16,6 +18,7 @@ import datetime as dt
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,15 +30,30 @@ BEGIN, END = "<!-- demo-figures:begin", "<!-- demo-figures:end -->"
 FILES = (ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md")
 
 
-def run_once(threads: int | None) -> dict:
-    """One fresh `hhcl demo` process; its JSON result plus the wall time of the whole command."""
+#: the grid a demo figure must hold across: the CPU kernels torch picks by default and AVX2 forced
+#: (ATEN_CPU_CAPABILITY), 2 threads (the demo's default) and 1, and three seeds (data and initialisation)
+GRID_ISAS, GRID_THREADS, GRID_SEEDS = (None, "avx2"), (2, 1), (1, 2, 3)
+#: the largest spread of the grid's HHCL mAP (in points) that makes the demo's figure a figure
+TARGET_SPREAD = 3.0
+
+
+def grid() -> list[tuple[str | None, int, int]]:
+    """(forced CPU capability or None, threads, seed) of every run of ``--grid``."""
+    return [(isa, t, s) for isa in GRID_ISAS for t in GRID_THREADS for s in GRID_SEEDS]
+
+
+def run_once(threads: int | None, isa: str | None = None, seed: int | None = None) -> dict:
+    """One fresh `hhcl demo` process (``isa``: ATEN_CPU_CAPABILITY forced); its JSON plus the command's wall time."""
     with tempfile.TemporaryDirectory(prefix="hhcl-demo-") as tmp:
         out = Path(tmp) / "demo.json"
         cmd = [sys.executable, "-m", "hhcl", "demo", "--root", f"{tmp}/data", "--runs-dir", f"{tmp}/runs", "--json", str(out)]
         if threads is not None:
             cmd += ["--threads", str(threads)]
+        if seed is not None:
+            cmd += ["--seed", str(seed)]
+        env = {**os.environ, **({"ATEN_CPU_CAPABILITY": isa} if isa else {})}
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - t0
         if proc.returncode != 0 or not out.is_file():
             sys.exit(f"hhcl demo failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -80,6 +98,33 @@ def block(results: list[dict], measured_on: str, rev: str) -> str:
     return "\n".join(lines)
 
 
+def grid_block(results: list[dict], measured_on: str, rev: str) -> str:
+    """The Markdown block of a ``--grid``: one row per run, then the median, the range and the target's verdict."""
+    env = results[0]["numerics"]
+    maps = sorted(100 * r["trained"]["mAP"] for r in results)
+    spread = maps[-1] - maps[0]
+    verdict = "met" if spread <= TARGET_SPREAD else "NOT met"
+    lines = [
+        f"{BEGIN} (written by `python benchmarks/demo_figures.py --grid`; do not edit by hand) -->",
+        f"Measured {measured_on} at commit `{rev}` on a {os.cpu_count()}-core {env['machine']} CPU ({env['blas']}; "
+        f"torch {env['torch']}), each run a fresh `hhcl demo` on fresh data:",
+        "",
+        "| CPU kernels | threads | seed | untrained mAP / R1 | HHCL mAP / R1 | whole command |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        n = r["numerics"]
+        lines.append(f"| {n['cpu_capability']} | {n['threads']} | {n.get('seed', '-')} | {_pair(r['untrained'])} "
+                     f"| **{_pair(r['trained'])}** | {_mm_ss(r['wall_seconds'])} |")
+    lines += [
+        "",
+        f"HHCL mAP over the {len(results)} runs: median **{statistics.median(maps):.1f}**, range {maps[0]:.1f} to "
+        f"{maps[-1]:.1f} (spread {spread:.1f} points; target <= {TARGET_SPREAD:g}: {verdict}).",
+        END,
+    ]
+    return "\n".join(lines)
+
+
 def write_block(path: Path, text: str) -> None:
     """Replace the marked block of ``path`` (both markers must be there exactly once)."""
     src = path.read_text()
@@ -93,12 +138,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--also-threads", type=int, nargs="*", default=[], help="extra runs with these thread counts")
     ap.add_argument("--print", action="store_true", help="print the block, write nothing")
+    ap.add_argument("--grid", action="store_true", help="the CPU kernels x threads x seeds grid (12 runs)")
     args = ap.parse_args()
     rev, when = commit(), dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    results = [run_once(None) | {"default": True}]
-    for t in args.also_threads:
-        results.append(run_once(t))
-    text = block(results, when, rev)
+    if args.grid:
+        results = [run_once(threads, isa, seed) for isa, threads, seed in grid()]
+        text = grid_block(results, when, rev)
+    else:
+        results = [run_once(None) | {"default": True}]
+        for t in args.also_threads:
+            results.append(run_once(t))
+        text = block(results, when, rev)
     print(text)
     if not args.print:
         for path in FILES:

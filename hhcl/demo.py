@@ -117,7 +117,7 @@ def _run(root: Path, runs_dir: Path, console: Console, overrides: tuple[str, ...
     dataset = build_dataset("synthetic", root)
 
     device = resolve_device(cfg.train.device)
-    numerics = numeric_environment(device)
+    numerics = {**numeric_environment(device), "seed": cfg.train.seed}  # the data's and the training's
     console.print(
         f"numerics: {numerics['device']}, {numerics['threads']} threads, {numerics['cpu_capability']} kernels, "
         f"torch {numerics['torch']} (the figures in the README were measured under the conditions printed there)"

@@ -232,6 +232,7 @@ def demo(
     runs_dir: Annotated[Path, typer.Option(help="where the demo run directory goes")] = Path("runs"),
     threads: Annotated[int | None, typer.Option(help="CPU threads [default: hhcl.demo.DEMO_THREADS, the count of the README's figures; the run's path depends on it]")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the numbers and the conditions they were measured under")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the synthetic people and the training [default: the demo preset's train.seed]")] = None,
 ) -> None:
     """Generate synthetic people and train on them on the CPU.
 
@@ -242,7 +243,11 @@ def demo(
 
     if threads is not None and threads < 1:
         raise fail(f"--threads must be >= 1, got {threads}", 2)
-    result = run_demo(data_root(root), runs_dir, console=console, threads=threads or DEMO_THREADS)
+    overrides = () if seed is None else (f"train.seed={seed}",)
+    try:
+        result = run_demo(data_root(root), runs_dir, console=console, threads=threads or DEMO_THREADS, overrides=overrides)
+    except ConfigError as err:  # a seed outside train.seed's range
+        raise fail(str(err)) from None
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result.to_json(), indent=2) + "\n")
     if result.status == "error":
