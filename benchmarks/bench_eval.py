@@ -15,6 +15,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from hhcl.evaluate import rank_metrics
+from hhcl.evaluation.metrics import chance_metrics
 
 
 def market_layout(num_query: int, num_gallery: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -98,6 +99,10 @@ def main() -> None:
         equal = bool(np.array_equal(fast["cmc"], cmc_naive))
         print(row.format(naive=f"{t_naive:>10.2f}", ratio=f"{t_naive / min(t_fast, t_one):>8.1f}x",
                          diff=f"{abs(fast['mAP'] - m_naive):>9.1e}", equal=f"{str(equal):>9}"))
+    # what `hhcl eval` adds for its chance row: exact expectations plus 8 random rankings for the spread
+    t_chance, chance = timed(lambda: chance_metrics(*labels), 1)
+    print(f"chance level (chance_metrics, 8 random rankings): {t_chance:.2f} s, mAP {chance['mAP']:.5f} "
+          f"+- {chance['mAP_sd']:.5f}")
 
 if __name__ == "__main__":
     main()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers.pilot import wait_until
 from test_dashboard_state import NOW, write_tiny_log  # the recorded log, shared
 from textual.widgets import ProgressBar, RichLog, Static
 
@@ -37,15 +37,6 @@ def bars_text(app: DashboardApp, wid: str) -> str:
 def toasts(app: DashboardApp) -> list[str]:
     """The texts of the notifications on screen."""
     return [toast.render().plain for toast in app.screen.query("Toast")]
-
-
-async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 20.0) -> None:  # noqa: ANN001
-    """Pause until ``condition()`` holds (a loaded machine may take a while); fail after ``timeout`` seconds."""
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    assert condition(), "timed out waiting for the dashboard"
 
 
 # A stand-in training process. Like the engine (hhcl/ending.py) it installs its own SIGINT handler: a process

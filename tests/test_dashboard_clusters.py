@@ -4,11 +4,11 @@ here with tiny one-colour images, its train.tsv and per-epoch labels; and what i
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.pilot import wait_until
 from PIL import Image
 from textual.widgets import Static
 
@@ -50,15 +50,6 @@ def make_run(tmp_path: Path, epochs: list[list[int]]) -> Path:
     for epoch, labels in enumerate(epochs):
         save_epoch_labels(layout, epoch, np.array(labels))
     return run
-
-
-async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 20.0) -> None:  # noqa: ANN001
-    """Pause until ``condition()`` holds (a loaded machine may take a while); fail after ``timeout`` seconds."""
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    assert condition(), "timed out waiting for the dashboard"
 
 
 def head(app: DashboardApp) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.tiny_run import PROCESS_TINY
 from typer.testing import CliRunner
 
 from hhcl.config import load_config
@@ -32,18 +33,7 @@ from hhcl.data.store import build_cache, cache_paths, read_cache_index
 from hhcl.run.events import read_raw_events
 from hhcl_tui.cli import app
 
-TINY = [  # tests/test_faults.py's seconds-long CPU run
-    "data.batch_size=16",
-    "data.num_instances=4",
-    "model.bn_group=8",
-    "cluster.k1=8",
-    "cluster.k2=3",
-    "cluster.eps=0.7",
-    "cluster.min_samples=3",
-    "train.iters=2",
-    "train.epochs=1",
-    "train.device=cpu",
-]
+TINY = [*PROCESS_TINY, "train.epochs=1"]
 BIG = ["--height", "256", "--width", "128"]  # a cache of ~100 kB per image: megabytes for the tiny dataset
 TIMEOUT = 300
 

@@ -17,27 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.terminal import Terminal
+from helpers.tiny_run import PROCESS_TINY
 from safetensors.torch import load_file
 
 from hhcl.run.events import read_events, read_raw_events
 from hhcl_tui.dashboard.state import reduce_events, update_liveness
 from hhcl_tui.dashboard.view import eta_text, status_label
 
-TINY = [
-    "data.height=32",
-    "data.width=32",
-    "data.batch_size=16",
-    "data.num_instances=4",
-    "model.bn_group=8",
-    "cluster.k1=8",
-    "cluster.k2=3",
-    "cluster.eps=0.7",
-    "cluster.min_samples=3",
-    "train.iters=2",
-    "train.epochs=2",
-    "train.eval_every=2",
-    "train.device=cpu",
-]
+TINY = ["data.height=32", "data.width=32", *PROCESS_TINY, "train.epochs=2", "train.eval_every=2"]
 TIMEOUT = 300
 
 
@@ -240,46 +228,18 @@ def test_sighup_from_a_closed_terminal_checkpoints_and_resumes_exactly(data_root
     """The terminal (or tmux pane) running the training is closed: the kernel hangs up its pty and sends SIGHUP.
     The run finishes its step, checkpoints, records run_end and releases the lock (exit 129); its output from then
     on goes to log.txt only. Before: killed at once, no checkpoint, no run_end, lock left."""
-    import fcntl
-    import pty
-    import termios
-    import threading
-
-    master, slave = pty.openpty()
-
-    def own_terminal() -> None:  # a new session whose controlling terminal is the pty, as a login shell's job
-        os.setsid()
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
     env = {**{k: v for k, v in os.environ.items() if k != "HHCL_FAULT"}, "HHCL_FAULT": "step:0:0=stop"}
-    proc = subprocess.Popen(
-        train_cmd(data_root, tmp_path, "r"), stdin=slave, stdout=slave, stderr=slave, env=env, preexec_fn=own_terminal
-    )
-    os.close(slave)
-    shown: list[bytes] = []
-
-    def drain() -> None:  # a terminal reads what the run prints (a full pty buffer would block it)
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                return
-            if not chunk:
-                return
-            shown.append(chunk)
-
-    threading.Thread(target=drain, daemon=True).start()
+    terminal = Terminal(train_cmd(data_root, tmp_path, "r"), env=env)
+    proc = terminal.process
     try:
         _, status = os.waitpid(proc.pid, os.WUNTRACED)  # frozen at its first step, like a user looking away
         assert os.WIFSTOPPED(status)
-        os.close(master)  # the terminal window is closed: SIGHUP (and SIGCONT) to the session
+        terminal.close()  # the terminal window is closed: SIGHUP (and SIGCONT) to the session
         os.kill(proc.pid, signal.SIGCONT)
         code = proc.wait(timeout=TIMEOUT)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert code == 129, b"".join(shown).decode(errors="replace")[-2000:]
+        terminal.kill()
+    assert code == 129, terminal.output()[-2000:]
     end = read_raw_events(tmp_path / "r")[-1]
     # the hang-up reaches the process as it continues: it stops after that step or, if the step was the epoch's
     # last by then, after the epoch

@@ -5,23 +5,18 @@ camera names in the contact sheets and the Clusters tab, and identity names in t
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
-import struct
-import subprocess
 import sys
-import termios
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.pilot import wait_until
+from helpers.terminal import Terminal
 from PIL import Image
 from textual.widgets import RichLog, Static
 from typer.testing import CliRunner
@@ -62,14 +57,6 @@ def log_text(dashboard: DashboardApp) -> str:
     return " ".join(strip.text.rstrip() for strip in dashboard.query_one("#log", RichLog).lines)
 
 
-async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 20.0) -> None:  # noqa: ANN001
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    assert condition(), "timed out waiting for the dashboard"
-
-
 def test_a_missing_run_is_waited_for_only_where_a_person_watches(tmp_path: Path, monkeypatch) -> None:
     """Off a terminal (scripts, CliRunner) a missing run is still a usage error, now naming the close names;
     --wait on a path no `hhcl train` could be creating is refused; the note says how to start the run."""
@@ -105,40 +92,18 @@ async def test_the_dashboard_waits_for_the_run_then_shows_it(tmp_path: Path, mon
     assert dashboard.return_value == QUIT
 
 
-def own_terminal() -> None:
-    """Run the child in a new session whose controlling terminal is the pty (as a shell's foreground job)."""
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 @pytest.mark.timeout(120)
 def test_hhcl_monitor_in_a_terminal_waits_for_hhcl_train(tmp_path: Path) -> None:
     """`hhcl monitor runs/tiny-run` typed a few seconds before `hhcl train` creates the run: the real command
     in a terminal (a pty) says it is waiting, with a near name, and shows the run once it appears. Before:
     it exited at once with "does not exist"."""
     (tmp_path / "runs" / "tiny-runs").mkdir(parents=True)  # an older run: a near name of the one asked for
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 220, 0, 0))
-    env = {**os.environ, "TERM": "xterm-256color"}
-    process = subprocess.Popen([sys.executable, "-m", "hhcl", "monitor", "runs/tiny-run"], cwd=tmp_path, env=env,
-                               stdin=slave, stdout=slave, stderr=slave, preexec_fn=own_terminal)
-    os.close(slave)
-    chunks: list[bytes] = []
-
-    def drain() -> None:  # the terminal: reads everything the dashboard draws
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            chunks.append(chunk)
-
-    threading.Thread(target=drain, daemon=True).start()
+    terminal = Terminal([sys.executable, "-m", "hhcl", "monitor", "runs/tiny-run"], cwd=tmp_path,
+                        env={**os.environ, "TERM": "xterm-256color"})
+    process = terminal.process
 
     def screen() -> str:
-        return " ".join(ANSI.sub("", b"".join(chunks).decode(errors="replace")).split())
+        return " ".join(ANSI.sub("", terminal.output()).split())
 
     def wait_for(text: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -154,13 +119,10 @@ def test_hhcl_monitor_in_a_terminal_waits_for_hhcl_train(tmp_path: Path) -> None
         write_run(tmp_path / "runs" / "tiny-run", "first-hour-run")
         wait_for("first-hour-run")
         wait_for("appeared: showing the run")
-        os.write(master, b"q")
+        terminal.type(b"q")
         assert process.wait(timeout=30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(master)
+        terminal.kill()
 
 
 # ---------------------------------------------------------------- b. a typo on resume

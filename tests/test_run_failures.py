@@ -219,6 +219,17 @@ def fault(monkeypatch):
     _plan.cache_clear()
 
 
+TWO_EPOCHS = ("train.iters=2", "train.epochs=2")
+
+
+@pytest.fixture(scope="module")
+def straight(synth_root, tmp_path_factory) -> Path:
+    """The uninterrupted 2 x 2 run the stopped and resumed ones below must equal."""
+    run = tmp_path_factory.mktemp("straight") / "s"
+    assert Trainer(tiny(synth_root, *TWO_EPOCHS), run).fit().status == "ok"
+    return run
+
+
 def checkpoint_bytes(run: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())}
 
@@ -231,13 +242,11 @@ NEW_EPOCH_STAGES = ("setup:1:extract", "setup:1:eps", "setup:1:kNN", "setup:1:Ja
 
 
 def test_a_resume_stopped_again_at_every_start_up_stage_keeps_its_checkpoint_and_resumes_exactly(
-    synth_root, tmp_path, fault
+    synth_root, straight, tmp_path, fault
 ):
     """SLURM's ordinary case: preempted again while the requeued job starts. Each stop ends the process at that
     stage without training or writing a checkpoint; the run then finishes exactly as an uninterrupted one."""
-    cfg = tiny(synth_root, "train.iters=2", "train.epochs=2")
-    straight = tmp_path / "straight"
-    assert Trainer(cfg, straight).fit().status == "ok"
+    cfg = tiny(synth_root, *TWO_EPOCHS)
     run = tmp_path / "r"
     fault("step:0:0=term")
     first = Trainer(cfg, run).fit()
@@ -289,7 +298,7 @@ def test_a_run_name_that_is_not_one_folder_name_is_refused(synth_root, tmp_path,
 def test_a_resume_cannot_shrink_train_epochs_below_what_was_trained(synth_root, tmp_path, fault):
     """A 2-epoch run stopped inside epoch 2 has trained into epoch 2: train.epochs=1 on resume is refused before
     anything is written (config.toml and the log stay as they were); train.epochs=2 and 3 continue it."""
-    cfg = tiny(synth_root, "train.iters=2", "train.epochs=2")
+    cfg = tiny(synth_root, *TWO_EPOCHS)
     run = tmp_path / "r"
     fault("step:1:0=term")
     assert Trainer(cfg, run).fit().status == "interrupted"
@@ -363,13 +372,13 @@ def test_a_stop_while_the_image_cache_is_built_ends_after_that_chunk_and_the_bui
     assert np.array_equal(built, fresh)
 
 
-def test_a_stop_during_the_evaluation_keeps_the_trained_epoch_and_evaluates_it_on_resume(synth_root, tmp_path, fault):
+def test_a_stop_during_the_evaluation_keeps_the_trained_epoch_and_evaluates_it_on_resume(
+    synth_root, straight, tmp_path, fault
+):
     """At Market scale an evaluation extracts ~19k query and gallery crops: a SIGTERM then ends the run after the
     current batch, with the epoch's training kept (a checkpoint at its last iteration); the resume evaluates it,
     and the run ends with the uninterrupted run's weights, mAP and best epoch."""
-    cfg = tiny(synth_root, "train.iters=2", "train.epochs=2")
-    straight = tmp_path / "straight"
-    assert Trainer(cfg, straight).fit().status == "ok"
+    cfg = tiny(synth_root, *TWO_EPOCHS)
     run = tmp_path / "r"
     fault("eval:1:gallery=term")
     stopped = Trainer(cfg, run).fit()
