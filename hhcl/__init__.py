@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# torch 2.14's oneDNN computes wrong bfloat16 convolutions on CPUs with AMX tiles (see hhcl.kernels); below
+# AMX the float32 kernels are bit for bit the same. Read once when oneDNN starts, so set before any torch work;
+# a value set by the user wins, and hhcl.kernels.check_cpu_bf16 refuses bf16 whenever the kernels are wrong.
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
 
 __all__ = ["load_embedder"]
 

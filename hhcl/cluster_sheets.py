@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from hhcl.atomic import atomic_write_bytes, atomic_write_text
 from hhcl.cluster.quality import LabelQuality, label_quality
 from hhcl.config import load_config
 from hhcl.data.store import upright_rgb
-from hhcl.run.atomic import atomic_write_bytes, atomic_write_text
 from hhcl.run.labels import LabelsError, load_epoch_labels, read_train_index
 from hhcl.run.layout import RunLayout
 from hhcl.words import plural

@@ -18,13 +18,13 @@ from typing import Any, Protocol
 
 import torch
 
-from hhcl.checkpoint import CheckpointError
 from hhcl.config import ConfigError
 from hhcl.data import CorruptImageError, DatasetFormatError, DatasetNotFoundError
 from hhcl.diskspace import DISK_FULL
 from hhcl.epoch import TrainingError
 from hhcl.models import WeightsNotFoundError
 from hhcl.run.checkpoint import ResumeError
+from hhcl.weight_files import CheckpointError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGHUP = 0, 1, 2, 130, 143, 129
 #: the signals that ask a run to stop, and the exit code each one leaves (the shell's 128 + signal number)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from hhcl import distributed as dist
+from hhcl.atomic import atomic_write_text
 from hhcl.config import Config, ConfigError, validate
 from hhcl.data import ReIDDataset, build_dataset, open_split
 from hhcl.data.augment import TrainAugment, scaled_pad
@@ -31,8 +32,9 @@ from hhcl.data.store import require_cache_space
 from hhcl.ending import Ending, StopSignals, describe_failure
 from hhcl.epoch import EpochSetup, EpochState, StageProgress, StopRequested, TrainingError, seed_everything
 from hhcl.evaluate import evaluate
+from hhcl.faults import fault_point
+from hhcl.kernels import check_cpu_bf16
 from hhcl.models import Pretrained, build_model, resolve_pretrained
-from hhcl.run.atomic import atomic_write_text
 from hhcl.run.checkpoint import Checkpointer, checkpoint_position, recover, resume_epochs_error
 from hhcl.run.events import (
     HEARTBEAT_SECONDS,
@@ -48,7 +50,6 @@ from hhcl.run.events import (
     epoch_label,
     iter_label,
 )
-from hhcl.run.faults import fault_point
 from hhcl.run.labels import TRAIN_INDEX, save_epoch_labels, save_train_index
 from hhcl.run.layout import RunLayout
 from hhcl.run.lock import RunLock, this_process
@@ -195,6 +196,8 @@ class Trainer:
         # pad 10 at the reference's 256x128; scaled at other sizes, where a 10-pixel shift would be far larger
         self.augment = TrainAugment(cfg.data.height, cfg.data.width, pad=scaled_pad(cfg.data.height))
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
+        if self.amp_dtype is torch.bfloat16 and self.device.type == "cpu":
+            check_cpu_bf16("train.amp=bf16")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.checkpointer = Checkpointer(
             self.layout, self.model, self.optimizer, self.scheduler, self.scaler, cfg, enabled=self.main

@@ -26,9 +26,9 @@ from hhcl.cluster.quality import label_quality
 from hhcl.config import CAMERA_MODES, Config, ConfigError
 from hhcl.data.sampler import BatchUnfillableError, PKSampler, ProxySampler, batch_that_fits
 from hhcl.evaluate import extract_features
+from hhcl.faults import fault_point
 from hhcl.memory import HybridMemory
 from hhcl.run.events import CLUSTER_STEPS, Cluster, Event, Progress
-from hhcl.run.faults import fault_point
 from hhcl.run.state import TrainingState
 
 #: a stage's ``progress`` events come at most this often (its start and its end aside), in seconds

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from hhcl.checkpoint import CheckpointError, save_weights
+from hhcl.atomic import atomic_write_bytes
 from hhcl.config import Config
 from hhcl.data.store import upright_rgb
 from hhcl.distributed import resolve_device
 from hhcl.models import ModelInfo, load_model
-from hhcl.run.atomic import atomic_write_bytes
 from hhcl.run.labels import quote_name, unquote_name
+from hhcl.weight_files import CheckpointError, save_weights
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hhcl.atomic import fsync_dir, make_tmp_dir, naming
 from hhcl.config import ConfigError
-from hhcl.run.atomic import fsync_dir, make_tmp_dir, naming
 from hhcl.run.events import Cluster, Eval, Event, RunEnd, RunStart, Step, read_events
 from hhcl.run.layout import CONFIG_FILE, EVENTS_FILE, RunDirError, RunLayout
 

@@ -18,9 +18,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from hhcl.atomic import atomic_write_bytes
 from hhcl.data.datasets import Sample
 from hhcl.data.store import upright_rgb
-from hhcl.run.atomic import atomic_write_bytes
 
 MATCH, MISS, QUERY, RESULT = (0, 170, 0), (215, 0, 0), (40, 40, 40), (40, 110, 200)
 BORDER, GAP, SEPARATOR = 4, 6, 24

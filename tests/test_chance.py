@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hhcl.checkpoint import save_weights
 from hhcl.config import load_config
 from hhcl.data import prepare_synthetic
 from hhcl.evaluation.metrics import chance_metrics, rank_metrics
 from hhcl.models import build_model
+from hhcl.weight_files import save_weights
 from hhcl_tui.cli import app
 
 # two queries; gallery: query 0's person (pid 1) twice from camera 2, once from its own camera 1 (left out),

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-import hhcl.checkpoint as checkpoint_module
-from hhcl.checkpoint import CheckpointError, load_state_dict, load_weights, save_weights
+import hhcl.weight_files as checkpoint_module
 from hhcl.config import Config
 from hhcl.models import build_model, load_model
+from hhcl.weight_files import CheckpointError, load_state_dict, load_weights, save_weights
 
 KEYS_JSON = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hhcl-checkpoint-keys.json"
 
@@ -139,7 +139,7 @@ def test_run_config_toml_used_when_header_has_none(tmp_path: Path) -> None:
 
 
 def test_weight_file_io_imports_nothing_from_models() -> None:
-    """hhcl/checkpoint.py reads and writes weight files only; building models is hhcl.models' business."""
+    """hhcl/weight_files.py reads and writes weight files only; building models is hhcl.models' business."""
     source = Path(checkpoint_module.__file__).read_text(encoding="utf-8")
     imported = set()
     for node in ast.walk(ast.parse(source)):  # every import, TYPE_CHECKING blocks and function bodies included
@@ -147,7 +147,8 @@ def test_weight_file_io_imports_nothing_from_models() -> None:
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imported.update([node.module or "", *(f"{node.module}.{a.name}" for a in node.names)])
-    assert "hhcl.run.layout" in imported  # run-directory names come from the run layer
+    assert "hhcl.atomic" in imported  # written atomically
+    assert not [m for m in imported if m == "hhcl.run" or m.startswith("hhcl.run.")]  # the run layer is above it
     assert not [m for m in imported if m == "hhcl.models" or m.startswith("hhcl.models.")]
 
 

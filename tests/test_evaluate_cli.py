@@ -14,12 +14,12 @@ from test_evaluate import TinyNet, manual_features  # the tiny net and its indep
 from typer.testing import CliRunner
 
 import hhcl.evaluation.query_gallery as query_gallery
-from hhcl.checkpoint import save_weights
 from hhcl.config import load_config
 from hhcl.data import build_dataset, open_split, prepare_synthetic
 from hhcl.evaluate import evaluate, evaluate_checkpoint, extract_features
 from hhcl.models import build_model, load_model
 from hhcl.visualize import save_ranklists
+from hhcl.weight_files import save_weights
 from hhcl_tui.cli import app
 
 

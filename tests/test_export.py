@@ -14,10 +14,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import hhcl
-from hhcl.checkpoint import CheckpointError, save_weights
 from hhcl.config import Config
 from hhcl.export import EmbedError, ExportError, embed, export, load_embedder
 from hhcl.models import build_model, load_model
+from hhcl.weight_files import CheckpointError, save_weights
 from hhcl_tui.cli import app
 
 H, W = 64, 32

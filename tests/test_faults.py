@@ -1,7 +1,7 @@
 """Crash consistency with real processes: training runs killed (SIGKILL, SIGTERM, SIGINT twice, a full disk)
 at chosen points, inside checkpoint writes included, then resumed. Each resumed run must end with exactly
 the weights of an uninterrupted run, or be refused with a message; the log ends with ``run_end`` wherever
-the process could still write one. The moment is picked with ``HHCL_FAULT`` (:mod:`hhcl.run.faults`).
+the process could still write one. The moment is picked with ``HHCL_FAULT`` (:mod:`hhcl.faults`).
 """
 
 from __future__ import annotations

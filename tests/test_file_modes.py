@@ -17,7 +17,7 @@ import pytest
 from helpers.tiny_run import TINY
 from typer.testing import CliRunner
 
-from hhcl.run.atomic import atomic_write_bytes, make_tmp_dir, write_tmp
+from hhcl.atomic import atomic_write_bytes, make_tmp_dir, write_tmp
 from hhcl_tui.cli import app
 from hhcl_tui.wizard import WizardForm
 

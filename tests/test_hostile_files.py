@@ -21,7 +21,6 @@ from helpers.data_fixtures import write_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from hhcl.checkpoint import save_weights
 from hhcl.config import Config
 from hhcl.data import CorruptImageError, build_dataset, open_split, prepare_dataset
 from hhcl.data.store import cache_paths, load_image
@@ -29,6 +28,7 @@ from hhcl.export import embed, load_embedder
 from hhcl.models import build_model
 from hhcl.run.labels import read_train_index, save_train_index
 from hhcl.run.layout import RunLayout
+from hhcl.weight_files import save_weights
 from hhcl_tui.cli import app
 
 HW = {"height": 16, "width": 8}

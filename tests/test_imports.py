@@ -200,3 +200,27 @@ def test_engine_never_imports_the_front_end() -> None:
     }
     bad = {m: t for m, t in bad.items() if t}
     assert not bad, f"hhcl modules importing hhcl_tui (only hhcl/__main__.py may): {bad}"
+
+
+#: the foundation: modules the run layer builds on, which must never reach back up into it
+_BELOW_RUN = ("hhcl.atomic", "hhcl.faults", "hhcl.weight_files", "hhcl.diskspace", "hhcl.words")
+
+
+def test_no_upward_arrow_into_the_run_layer() -> None:
+    """The run layer (``hhcl/run/``) uses atomic I/O and weight files; they never import ``hhcl.run``, directly
+    or through another module, so each can be read, tested and reused alone."""
+    graph = import_graph(module_files())
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for w in graph.get(todo.pop(), ()):
+                if w not in seen:
+                    seen.add(w)
+                    todo.append(w)
+        return seen
+
+    bad = {m: sorted(t for t in reach(m) if t == "hhcl.run" or t.startswith("hhcl.run.")) for m in _BELOW_RUN}
+    bad = {m: t for m, t in bad.items() if t}
+    assert not bad, f"modules below the run layer that reach into it: {bad}"
+    assert "hhcl.weight_files" in graph["hhcl.run.checkpoint"], "the run's checkpoints are written as weight files"

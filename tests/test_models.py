@@ -13,7 +13,6 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from hhcl.checkpoint import CheckpointError
 from hhcl.models import (
     IBN,
     GeneralizedMeanPoolingP,
@@ -24,6 +23,7 @@ from hhcl.models import (
     convert_ghost_bn,
     resnet50_ibn_a,
 )
+from hhcl.weight_files import CheckpointError
 
 KEYS_JSON = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hhcl-checkpoint-keys.json"
 

@@ -18,7 +18,6 @@ from helpers.tiny_run import TINY
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from hhcl.checkpoint import CheckpointError, save_weights
 from hhcl.config import load_config
 from hhcl.data import build_dataset, prepare_dataset, prepare_synthetic
 from hhcl.data.datasets import DatasetFormatError
@@ -27,6 +26,7 @@ from hhcl.evaluation.run import EvalError, eval_data_root
 from hhcl.export import export
 from hhcl.models import build_model, resolve_pretrained
 from hhcl.run.events import read_raw_events
+from hhcl.weight_files import CheckpointError, save_weights
 from hhcl_tui.cli import app
 
 runner = CliRunner()

@@ -23,8 +23,8 @@ import torch
 import torchvision
 from torch import nn
 
-from hhcl.checkpoint import CheckpointError
 from hhcl.models import build_model, resnet50_ibn_a
+from hhcl.weight_files import CheckpointError
 
 # ReIDNet.base = Sequential(conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4): the stage positions
 STAGE = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}

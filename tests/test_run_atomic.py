@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hhcl.run.atomic import atomic_torch_save, atomic_write_bytes, remove_stray_tmp, write_tmp
+from hhcl.atomic import atomic_torch_save, atomic_write_bytes, remove_stray_tmp, write_tmp
 
 
 def test_atomic_writes_leave_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -208,7 +208,7 @@ def test_sigterm_during_set_up_stops_before_training_and_resumes_exactly(synth_r
 @pytest.fixture
 def fault(monkeypatch):
     """Arms HHCL_FAULT for the runs this test starts in this process (the plan is read once per process)."""
-    from hhcl.run.faults import _plan
+    from hhcl.faults import _plan
 
     def arm(spec: str) -> None:
         monkeypatch.setenv("HHCL_FAULT", spec)

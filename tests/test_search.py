@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from hhcl.checkpoint import save_weights
 from hhcl.config import load_config
 from hhcl.data import Sample
 from hhcl.models import build_model, load_model
 from hhcl.search import embed_gallery, list_gallery, search, top_k
 from hhcl.search.gallery import CACHE_DIR, embed_files, file_sha256
 from hhcl.visualize import BORDER, GAP, MATCH, MISS, SEPARATOR, ranklist_image, sample_queries, save_ranklists
+from hhcl.weight_files import save_weights
 from hhcl_tui.cli import app
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hhcl.atomic import atomic_write_text
 from hhcl.data.archive import UnsafeArchiveError, is_archive, safe_extract
 from hhcl.data.datasets import (
     MANIFEST,
@@ -42,7 +43,6 @@ from hhcl.data.store import (
     require_cache_space,
 )
 from hhcl.diskspace import disk_error, human_bytes, is_disk_full
-from hhcl.run.atomic import atomic_write_text
 from hhcl.words import plural
 
 SPLITS = ("train", "query", "gallery")

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from hhcl.atomic import atomic_write_text
 from hhcl.data.datasets import ReIDDataset, Sample
 from hhcl.diskspace import disk_error, is_disk_full, require_free, reserve
-from hhcl.run.atomic import atomic_write_text
 
 CHUNK = 512
 #: how images are decoded into a cache, stamped into its index: 2 = EXIF orientation applied, 16-bit and float

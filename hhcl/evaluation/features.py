@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hhcl.data.augment import normalize
+from hhcl.kernels import check_cpu_bf16
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -45,6 +46,8 @@ def extract_features(
     n = len(store)
     device = model_device(model)
     dtype = AMP_DTYPES[amp]
+    if dtype is torch.bfloat16 and device.type == "cpu":
+        check_cpu_bf16("amp bf16")
     was_training = model.training
     model.eval()
     out: Tensor | None = None

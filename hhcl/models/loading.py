@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from hhcl.checkpoint import CheckpointError, find_checkpoint, load_state_dict, read_state_dict
 from hhcl.config import Config, ConfigError, from_dict
 from hhcl.models.reid import ReIDNet, build_model
-from hhcl.run.layout import CHECKPOINTS, RunLayout
+from hhcl.run.layout import CHECKPOINTS, RunLayout, find_checkpoint
+from hhcl.weight_files import CheckpointError, load_state_dict, read_state_dict
 
 if sys.version_info >= (3, 11):
     import tomllib

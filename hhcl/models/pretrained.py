@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hhcl.checkpoint import CheckpointError, find_checkpoint, read_state_dict
 from hhcl.models.loading import config_from, infer_architecture
 from hhcl.models.weights import WeightsNotFoundError, imagenet_weights_file
+from hhcl.run.layout import find_checkpoint
+from hhcl.weight_files import CheckpointError, read_state_dict
 
 STATE_SUFFIX = ".state.pt"  # our checkpoint's training state; its weights are the .safetensors beside it
 

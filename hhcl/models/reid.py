@@ -11,11 +11,11 @@ import torchvision.models as tvm
 from torch import nn
 from torch.nn import init
 
-from hhcl.checkpoint import CheckpointError, load_weights
 from hhcl.models.ghost_bn import convert_ghost_bn
 from hhcl.models.pooling import build_pooling
 from hhcl.models.resnet_ibn_a import resnet50_ibn_a
 from hhcl.models.weights import WeightsNotFoundError, imagenet_weights_file
+from hhcl.weight_files import CheckpointError, load_weights
 
 ARCH_BUILDERS = {
     "resnet18": tvm.resnet18,

@@ -111,5 +111,5 @@ class ResNetIBN(nn.Module):
 
 
 def resnet50_ibn_a() -> ResNetIBN:
-    """ResNet-50-IBN-a (random init; load weights with :func:`hhcl.checkpoint.load_weights`)."""
+    """ResNet-50-IBN-a (random init; load weights with :func:`hhcl.weight_files.load_weights`)."""
     return ResNetIBN((3, 4, 6, 3), ("a", "a", "a", None))

@@ -23,13 +23,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from hhcl.checkpoint import weights_bytes
+from hhcl.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, remove_stray_tmp, write_tmp
 from hhcl.config import Config, ConfigError, check_key, from_dict, load_config
 from hhcl.diskspace import require_free
-from hhcl.run.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, remove_stray_tmp, write_tmp
-from hhcl.run.faults import fault_point
+from hhcl.faults import fault_point
 from hhcl.run.layout import CHECKPOINTS, LAST_STATE, LAST_WEIGHTS, RunLayout
 from hhcl.run.state import StateError, TrainingState, capture_rng, load_state, restore_rng, state_bytes
+from hhcl.weight_files import weights_bytes
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from hhcl.run.atomic import naming
+from hhcl.atomic import naming
 from hhcl.run.layout import RunLayout
 from hhcl.run.lock import this_process
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hhcl.run.atomic import atomic_write_bytes, atomic_write_text
+from hhcl.atomic import atomic_write_bytes, atomic_write_text
 from hhcl.run.layout import RunLayout
 
 TRAIN_INDEX = "train.tsv"

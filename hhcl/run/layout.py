@@ -21,6 +21,7 @@ CHECKPOINTS = "checkpoints"
 LAST_WEIGHTS = "last.safetensors"
 LAST_STATE = "last.state.pt"
 BEST_WEIGHTS = "best.safetensors"
+CHECKPOINT_NAMES = (BEST_WEIGHTS, LAST_WEIGHTS)  # the weight files a run is read from, in order of preference
 COMMIT_FILE = "last.commit"  # the checkpoint pair's commit record (exists only while a pair is being renamed)
 LABELS = "labels"  # each epoch's pseudo labels (epoch_001.npy, ...) and the train images they index (train.tsv)
 TENSORBOARD = "tensorboard"  # TensorBoard scalars of the run (train.tensorboard = true, or `hhcl tensorboard`)
@@ -168,4 +169,28 @@ def plan_run_dir(runs_dir: str | os.PathLike[str], name: str) -> Path:
         )
     if not layout.is_run():
         raise RunDirError(f"'{path}' exists and is not a run directory (no {CONFIG_FILE}, no {EVENTS_FILE}): pick another --name.")
+    return path
+
+
+def find_checkpoint(run_or_checkpoint: str | os.PathLike[str]) -> Path:
+    """The weight file of a run directory (``checkpoints/best.safetensors``, else ``last``), of its
+    checkpoints folder, or the file itself."""
+    from hhcl.weight_files import WEIGHT_SUFFIXES, CheckpointError  # torch is imported only when asked
+
+    path = Path(run_or_checkpoint).expanduser()
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            for candidate in (path / CHECKPOINTS / name, path / name):
+                if candidate.is_file():
+                    return candidate
+        raise CheckpointError(
+            f"run directory '{path}' has no checkpoint: expected {RunLayout(path).best_weights} "
+            f"or {LAST_WEIGHTS} (the run may not have reached its first evaluation yet)"
+        )
+    if not path.exists():
+        raise CheckpointError(f"'{path}' does not exist: give a run directory or a checkpoint file")
+    if not path.name.endswith(WEIGHT_SUFFIXES):
+        raise CheckpointError(
+            f"'{path}' is not a checkpoint: use a run directory, a .safetensors file or an authors' .pth.tar"
+        )
     return path

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hhcl.run.atomic import fsync_dir
+from hhcl.atomic import fsync_dir
 
 
 class RunLockedError(RuntimeError):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hhcl.run.atomic import torch_bytes
+from hhcl.atomic import torch_bytes
 
 
 class StateError(RuntimeError):

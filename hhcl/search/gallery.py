@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hhcl.atomic import atomic_write_bytes
 from hhcl.data.datasets import Sample
 from hhcl.data.store import DECODE_VERSION, ImageStore
 from hhcl.evaluation.features import extract_features, model_device
 from hhcl.export import EmbedError, list_images
-from hhcl.run.atomic import atomic_write_bytes
 
 CACHE_DIR = ".hhcl-search"
 CHUNK = 1024  # images embedded between progress reports (and possible cache saves)

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from hhcl.checkpoint import find_checkpoint
+from hhcl.atomic import atomic_write_text
 from hhcl.distributed import resolve_device
 from hhcl.export import EmbedError, list_images
 from hhcl.models.loading import load_model
-from hhcl.run.atomic import atomic_write_text
+from hhcl.run.layout import find_checkpoint
 from hhcl.search.gallery import (
     SearchError,
     cache_location,

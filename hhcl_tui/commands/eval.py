@@ -68,11 +68,11 @@ def eval_cmd(
 
     mAP, R1, R5, R10 (the reference's protocol).
     """
-    from hhcl.checkpoint import CheckpointError
+    from hhcl.atomic import atomic_write_bytes
     from hhcl.config import ConfigError
     from hhcl.data import CorruptImageError, DatasetFormatError, DatasetNotFoundError
     from hhcl.evaluate import EvalError, evaluate_checkpoint
-    from hhcl.run.atomic import atomic_write_bytes
+    from hhcl.weight_files import CheckpointError
 
     if batch_size < 1:
         raise fail(f"--batch-size {batch_size} is not allowed: use 1 or more.")

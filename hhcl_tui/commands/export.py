@@ -22,9 +22,9 @@ def export(
 
     RGB [0,1] NCHW in, L2-normalised embeddings out; checked against PyTorch.
     """
-    from hhcl.checkpoint import CheckpointError
     from hhcl.export import FORMATS, MIN_COSINE, ExportError
     from hhcl.export import export as run_export
+    from hhcl.weight_files import CheckpointError
 
     if format not in FORMATS:
         raise fail(f"--format {format!r} is not allowed: use one of {', '.join(FORMATS)}.")
@@ -56,10 +56,10 @@ def embed(
     In sorted path order, with the file list in FILE.txt (one name per line; %, tab and line breaks in a name
     percent-encoded).
     """
-    from hhcl.checkpoint import CheckpointError
     from hhcl.config import ConfigError
     from hhcl.export import EmbedError
     from hhcl.export import embed as run_embed
+    from hhcl.weight_files import CheckpointError
 
     if batch_size < 1:
         raise fail(f"--batch-size {batch_size} is not allowed: use 1 or more.")

@@ -40,11 +40,11 @@ def search(
 
     The gallery's embeddings are cached beside it.
     """
-    from hhcl.checkpoint import CheckpointError
     from hhcl.config import ConfigError
     from hhcl.data import CorruptImageError
     from hhcl.search import SearchError
     from hhcl.search import search as run_search
+    from hhcl.weight_files import CheckpointError
 
     if top < 1:
         raise fail(f"--top {top} is not allowed: use 1 or more gallery images per query.")

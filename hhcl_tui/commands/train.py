@@ -175,10 +175,10 @@ def _with_root(sets: list[str] | None, root: Path | None) -> list[str]:
 
 def run_training(cfg: Config, run_dir: Path, *, preset: str | None, resume: bool) -> int:
     """Train with console reporting (rank 0 prints); returns the exit code (0, 1, 2, 130 or 143)."""
-    from hhcl.checkpoint import CheckpointError
     from hhcl.engine import Trainer
     from hhcl.models import WeightsNotFoundError
     from hhcl.reporting import ConsoleReporter
+    from hhcl.weight_files import CheckpointError
 
     main = int(os.environ.get("RANK", "0")) == 0
     hooks = [ConsoleReporter(run_dir, console)] if main else []
@@ -238,8 +238,8 @@ def demo(
 
     Trains the demo preset and shows mAP before and after.
     """
+    from hhcl.atomic import atomic_write_text
     from hhcl.demo import DEMO_THREADS, run_demo
-    from hhcl.run.atomic import atomic_write_text
 
     if threads is not None and threads < 1:
         raise fail(f"--threads must be >= 1, got {threads}", 2)

@@ -11,6 +11,7 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+from hhcl.atomic import atomic_write_text
 from hhcl.config import (
     AMP_MODES,
     ARCHS,
@@ -24,7 +25,6 @@ from hhcl.config import (
     load_config,
     validate,
 )
-from hhcl.run.atomic import atomic_write_text
 
 GPUS = "gpus"  # not a config key: the --nproc-per-node of the train command the wizard offers to run
 PRETRAINED_WORDS = ("imagenet", "none")  # the model.pretrained settings that name no path

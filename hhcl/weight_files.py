@@ -21,12 +21,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from hhcl.run.atomic import atomic_write_bytes
-from hhcl.run.layout import BEST_WEIGHTS, CHECKPOINTS, LAST_WEIGHTS, RunLayout
+from hhcl.atomic import atomic_write_bytes
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".tar")
 IGNORED_PREFIXES = ("fc.", "classifier.")  # an ImageNet head, a supervised model's classifier: never loaded
-CHECKPOINT_NAMES = (BEST_WEIGHTS, LAST_WEIGHTS)  # in order of preference
 # torchvision / IBN-Net backbone names -> positions in the reference's ``base`` Sequential.
 _BACKBONE_TO_BASE = {
     "conv1": "base.0",
@@ -203,25 +201,3 @@ def _apply_state(
         raise CheckpointError(f"checkpoint '{path}' has no tensor that fits this model: {report}")
     model.load_state_dict(usable, strict=False)
     return report
-
-
-def find_checkpoint(run_or_checkpoint: str | os.PathLike[str]) -> Path:
-    """The weight file of a run directory (``checkpoints/best.safetensors``, else ``last``), of its
-    checkpoints folder, or the file itself."""
-    path = Path(run_or_checkpoint).expanduser()
-    if path.is_dir():
-        for name in CHECKPOINT_NAMES:
-            for candidate in (path / CHECKPOINTS / name, path / name):
-                if candidate.is_file():
-                    return candidate
-        raise CheckpointError(
-            f"run directory '{path}' has no checkpoint: expected {RunLayout(path).best_weights} "
-            f"or {LAST_WEIGHTS} (the run may not have reached its first evaluation yet)"
-        )
-    if not path.exists():
-        raise CheckpointError(f"'{path}' does not exist: give a run directory or a checkpoint file")
-    if not path.name.endswith(WEIGHT_SUFFIXES):
-        raise CheckpointError(
-            f"'{path}' is not a checkpoint: use a run directory, a .safetensors file or an authors' .pth.tar"
-        )
-    return path

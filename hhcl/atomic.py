@@ -15,7 +15,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from hhcl.run.faults import fault_point
+from hhcl.faults import fault_point
 
 TMP_SUFFIX = ".tmp"
 _NAME_TRIES = 100  # fresh random names tried before giving up (a clash among 2**48 names is already unlikely)
