@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from hhcl import distributed
 from hhcl.config import check_camera_memory, check_memory
-from hhcl.memory import HybridMemory, _segments, cluster_centroids, momentum_blend
+from hhcl.memory import Memory, _segments, cluster_centroids, momentum_blend
 
 __all__ = ["CameraAwareHybrid", "CameraMemory", "Proxies", "camera_proxies"]
 
@@ -164,8 +164,12 @@ class CameraMemory(nn.Module):
             f"balance_w={self.balance_w}"
         )
 
-    def _batch(self, features: Tensor, labels: Tensor, camids: Tensor, where: str) -> tuple[Tensor, Tensor, Tensor]:
-        """Features, cameras and each sample's proxy; a (cluster, camera) with no proxy is an error."""
+    def _batch(
+        self, features: Tensor, labels: Tensor, camids: Tensor | None, where: str
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Features, cameras and each sample's proxy; no camera ids, or a (cluster, camera) without proxy: an error."""
+        if camids is None:
+            raise ValueError(f"memory.{where}: the camera-aware proxy memory needs the batch's camera ids")
         b = features.shape[0]
         if features.dim() != 2 or features.shape[1] != self.num_features:
             raise ValueError(
@@ -217,7 +221,7 @@ class CameraMemory(nn.Module):
         chosen = logits.gather(1, picked)
         return torch.logsumexp(chosen, dim=1) - chosen[:, : min(self.pos_k, p)].mean(1)
 
-    def forward(self, features: Tensor, labels: Tensor, camids: Tensor) -> Tensor:
+    def forward(self, features: Tensor, labels: Tensor, camids: Tensor | None = None) -> Tensor:
         """Scalar loss of ``features`` [B, D] with cluster ``labels`` and ``camids`` [B] (gradient to features)."""
         f, cams, proxy = self._batch(features, labels, camids, "forward")
         y = self.proxy_cluster[proxy]
@@ -240,7 +244,7 @@ class CameraMemory(nn.Module):
         return loss
 
     @torch.no_grad()
-    def update(self, features: Tensor, labels: Tensor, camids: Tensor) -> None:
+    def update(self, features: Tensor, labels: Tensor, camids: Tensor | None = None) -> None:
         """The authors' momentum update, per sample in (all-gathered, rank-ordered) batch order; after backward."""
         f, _, proxy = self._batch(features.detach(), labels, camids, "update")
         f, proxy = distributed.all_gather_cat(f), distributed.all_gather_cat(proxy)
@@ -256,9 +260,11 @@ class CameraAwareHybrid(nn.Module):
     The loss is the HHCL mode's loss plus the proxy memory's weighted intra/offline/online terms on the same batch;
     both memories update from it. The hybrid memory and its loss are unchanged, so with every camera term weight 0
     this is the plain HHCL mode. Nobody has published this combination; it is off in every paper preset.
+    ``hybrid`` may be any :class:`~hhcl.memory.Memory` without camera terms of its own (``hhcl.memories`` wraps
+    every such table entry when ``memory.camera_aware`` is on).
     """
 
-    def __init__(self, hybrid: HybridMemory, proxies: CameraMemory) -> None:
+    def __init__(self, hybrid: Memory, proxies: CameraMemory) -> None:
         super().__init__()
         self.hybrid, self.proxies = hybrid, proxies
 
@@ -267,12 +273,12 @@ class CameraAwareHybrid(nn.Module):
         """The hybrid memory's loss terms, then the proxy memory's."""
         return {**self.hybrid.last_parts, **self.proxies.last_parts}
 
-    def forward(self, features: Tensor, labels: Tensor, camids: Tensor) -> Tensor:
+    def forward(self, features: Tensor, labels: Tensor, camids: Tensor | None = None) -> Tensor:
         """HHCL loss + camera-aware proxy terms."""
         return self.hybrid(features, labels) + self.proxies(features, labels, camids)
 
     @torch.no_grad()
-    def update(self, features: Tensor, labels: Tensor, camids: Tensor) -> None:
+    def update(self, features: Tensor, labels: Tensor, camids: Tensor | None = None) -> None:
         """Update both memories from the (all-gathered) batch."""
         self.hybrid.update(features, labels)
         self.proxies.update(features, labels, camids)

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from hhcl.atomic import atomic_write_bytes, atomic_write_text
 from hhcl.cluster.quality import LabelQuality, label_quality
 from hhcl.config import load_config
-from hhcl.data.store import upright_rgb
+from hhcl.data.store import CorruptImageError, upright_rgb
 from hhcl.run.labels import LabelsError, load_epoch_labels, read_train_index
 from hhcl.run.layout import RunLayout
 from hhcl.words import plural
@@ -71,11 +71,12 @@ def _font(size: int = 12) -> ImageFont.ImageFont:
 
 
 def _open(path: str) -> Image.Image:
+    """The image at ``path``, upright RGB; an unreadable one is a CorruptImageError naming it."""
     try:
         with Image.open(path) as img:
             return upright_rgb(img)
     except (OSError, ValueError, SyntaxError) as err:
-        raise ValueError(f"cannot read image '{path}' for the contact sheet ({err}); restore or replace the file") from None
+        raise CorruptImageError([path], f"it cannot be read for the contact sheet ({err}); restore or replace it") from None
 
 
 def camera_label(name: str, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> str:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hhcl.errors import UsageError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -25,86 +27,173 @@ else:  # pragma: no cover - Python 3.10
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 DATASETS = ("market1501", "dukemtmcreid", "msmt17", "viper", "folder", "synthetic")
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a")
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a")  # = hhcl.models.backbones.BACKBONES
 POOLINGS = ("avg", "gem")
 KNN_BACKENDS = ("auto", "torch", "faiss")
 #: keys that also take the word "auto", each with what it allows: both kinds of bad value (not a number, a number
 #: out of range) are refused with it, so a typo of auto is told that auto is allowed too
 AUTO_KEYS: dict[str, str] = {"cluster.eps": "a number in (0, 1) (a Jaccard distance) or auto"}
-HYBRID_MODES = ("CM", "CMhard", "CMhybrid", "CMhybrid_v2")  # hhcl.memory.HybridMemory
-CAMERA_MODES = ("O2CAP",)  # hhcl.camera_memory.CameraMemory: camera-aware proxies
+# memory.mode: the keys of hhcl.memories.MEMORIES, here by name so that this module stays torch-free (the three
+# tuples equal the table's: tests/test_config_registries.py); a new memory adds its name to MEMORY_MODES
+HYBRID_MODES = ("CM", "CMhard", "CMhybrid", "CMhybrid_v2")  # HHCL's, hhcl.memory.HybridMemory
+CAMERA_MODES = ("O2CAP",)  # the modes whose memory takes camera ids itself (MemorySpec.needs_camids)
 MEMORY_MODES = (*HYBRID_MODES, *CAMERA_MODES)
 LOSS_FORMS = ("reference", "paper")
 AMP_MODES = ("off", "bf16", "fp16")
 
 
-#: (lowest, highest, what the range means) of every integer key: ``validate`` refuses a value outside it before
-#: anything is allocated, naming the key, the value and the range. Each top is far above any setting in use (the
-#: paper's, in brackets) yet below what would exhaust a machine or overflow a seed; what depends on the machine
-#: (a cache against the data root's free disk space) is checked by ``hhcl train --dry-run`` and before a cache
-#: is written (hhcl.data.store.require_cache_space).
-INT_BOUNDS: dict[str, tuple[int, int, str]] = {
-    "data.height": (32, 4096, "16x the paper's 256: a cache holds images x 3 x height x width bytes"),
-    "data.width": (32, 4096, "32x the paper's 128: a cache holds images x 3 x height x width bytes"),
-    "data.batch_size": (2, 16384, "64x the paper's 256, the global batch over all processes"),
-    "data.num_instances": (1, 1024, "images per identity in a batch (the paper's 16)"),
-    "data.workers": (0, 1024, "decoding threads, 0 = the calling thread; more than any machine has cores"),
-    "model.num_features": (
-        0,
-        16384,
-        "0 = no embedding layer; 8x ResNet-50's 2048, where the features of MSMT17's 126,441 images take 8.3 GB",
-    ),
-    "model.bn_group": (0, 16384, "0 = ordinary BN, else a divisor of data.batch_size (the paper's 64)"),
-    "cluster.k1": (2, 1000, "neighbours of the k-reciprocal sets (the paper's 30), whose cost grows as k1^2"),
-    "cluster.k2": (1, 1000, "neighbours of the query expansion (the paper's 6), at most cluster.k1"),
-    "cluster.min_samples": (1, 1000, "DBSCAN's core-point neighbours (the paper's 4)"),
-    "memory.bg_knn": (1, 10000, "hard negative proxies per sample (O2CAP's 50)"),
-    "memory.pos_k": (1, 1000, "online positive proxies (O2CAP's 3)"),
-    "optim.step_size": (1, 10000, "epochs between learning-rate decays (the paper's 20)"),
-    "optim.warmup_epochs": (0, 10000, "warm-up epochs, 0 = none (O2CAP's 10)"),
-    "train.epochs": (1, 10000, "167x the paper's 60; a run is extended with --resume --set train.epochs=N"),
-    "train.iters": (1, 100000, "iterations per epoch (the paper's 200 to 400)"),
-    "train.eval_every": (1, 10000, "epochs between evaluations (the paper's 10)"),
-    "train.seed": (0, 2**32 - 1, "NumPy's seed range; the torch generators' 64-bit seeds are derived from it"),
-}
+class ConfigError(UsageError, ValueError):
+    """A bad config key or value; the message names the key, the value and what is allowed. A usage error."""
 
 
-class ConfigError(ValueError):
-    """A bad config key or value; the message names the key, the value and what is allowed."""
+@dataclass(frozen=True)
+class KeyInfo:
+    """What is known about one config key besides its type and default, stated once beside its field: what it
+    means, an integer's range, the values a choice allows, whether a resume may change it, and its wizard field.
+
+    ``validate`` refuses an integer outside ``bounds`` and a choice outside ``choices`` (each top is far above any
+    setting in use yet below what would exhaust a machine or overflow a seed; what depends on the machine, a
+    cache against the data root's free disk, is checked by ``hhcl train --dry-run`` and before a cache is written);
+    ``hhcl train --resume --set`` accepts only the ``resumable`` keys; the wizard shows the keys with a ``label``.
+    """
+
+    help: str
+    bounds: tuple[int, int] | None = None  # an integer key's lowest and highest value
+    choices: tuple[str, ...] = ()  # a text key's allowed values
+    resumable: bool = False  # may change on resume: it changes nothing the run computes
+    label: str = ""  # the wizard's label; "" = not on the wizard's form
+    hint: str = ""  # the wizard's placeholder: what the field takes ({low} and {high}: the bounds)
+
+
+def key(
+    default: Any,
+    help: str,  # noqa: A002 - the word every CLI library uses
+    *,
+    bounds: tuple[int, int] | None = None,
+    choices: tuple[str, ...] = (),
+    resumable: bool = False,
+    label: str = "",
+    hint: str = "",
+) -> Any:
+    """A config field with its :class:`KeyInfo` (``dataclasses.field`` metadata under ``"hhcl"``)."""
+    info = KeyInfo(help, bounds, choices, resumable, label, hint)
+    return field(default=default, metadata={"hhcl": info})
 
 
 @dataclass
 class DataConfig:
-    """``workers``: image-decoding threads for cache builds and uncached gathers (``open_split(workers=...)``);
-    0 decodes in the calling thread, with no pool."""
+    """Where the images are and how a batch is drawn from them."""
 
-    dataset: str = "market1501"
-    root: str = "data"
-    height: int = 256
-    width: int = 128
-    batch_size: int = 256
-    num_instances: int = 16
-    workers: int = 4
-    cache: bool = True
+    dataset: str = key(
+        "market1501", "the dataset layout under data.root (hhcl prepare writes it)", choices=DATASETS, label="Dataset"
+    )
+    root: str = key("data", "the folder holding the prepared datasets", resumable=True)
+    height: int = key(
+        256, "image height in pixels, a multiple of 16 (a cache holds images x 3 x height x width bytes)",
+        bounds=(32, 4096), label="Image height",
+        hint="pixels, {low} to {high}, a multiple of 16",
+    )
+    width: int = key(
+        128, "image width in pixels, a multiple of 16 (a cache holds images x 3 x height x width bytes)",
+        bounds=(32, 4096), label="Image width",
+        hint="pixels, {low} to {high}, a multiple of 16",
+    )
+    batch_size: int = key(
+        256, "the global batch over all processes, a multiple of data.num_instances (the paper's 256)",
+        bounds=(2, 16384), label="Batch size", hint="a multiple of instances",
+    )
+    num_instances: int = key(
+        16, "images per (pseudo) identity in a batch (the paper's 16)", bounds=(1, 1024), label="Instances / id",
+        hint="images per pseudo identity",
+    )
+    workers: int = key(
+        4, "image-decoding threads for cache builds and uncached gathers, 0 = the calling thread (no pool)",
+        bounds=(0, 1024), resumable=True,
+    )
+    cache: bool = key(True, "decode each split once into a uint8 cache beside the data (hhcl/data/store.py)")
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet50"
-    pooling: str = "avg"
-    pretrained: str = "imagenet"
-    num_features: int = 0
-    dropout: float = 0.0
-    bn_group: int = 64
+    """The backbone and its re-ID head."""
+
+    arch: str = key("resnet50", "the backbone (hhcl.models.backbones.BACKBONES)", choices=ARCHS, label="Backbone")
+    pooling: str = key("avg", "global pooling of the last feature map: avg or gem", choices=POOLINGS, label="Pooling")
+    pretrained: str = key(
+        "imagenet", "starting weights: imagenet, none, a run directory or a .pth/.pth.tar/.safetensors file",
+        label="Pretrained", hint="imagenet, none, or a run directory or weight file",
+    )
+    num_features: int = key(
+        0, "embedding size after pooling, 0 = no embedding layer (the backbone's own feature size)",
+        bounds=(0, 16384),
+    )
+    dropout: float = key(0.0, "dropout before the embedding, in [0, 1)")
+    bn_group: int = key(
+        64, "images per BN statistics group, 0 = ordinary BN, else a divisor of data.batch_size (the paper's 64)",
+        bounds=(0, 16384),
+    )
+
+
+@dataclass(frozen=True)
+class ClusterParam:
+    """A clustering method's setting as the cluster event, the dashboard and ``hhcl presets list`` name it; its
+    wizard label and hint are its key's :class:`KeyInfo`."""
+
+    key: str  # its config key
+    name: str  # short, as the cluster event's params and the dashboard name it
+
+    @property
+    def label(self) -> str:
+        return key_info(self.key).label
+
+    @property
+    def hint(self) -> str:
+        return key_info(self.key).hint
+
+
+#: each ``cluster.method`` (the keys of hhcl.cluster.methods.CLUSTERERS, by name so that this module stays
+#: torch-free: tests/test_config_registries.py keeps them equal) and its own settings, the one that decides how much
+#: it clusters first; a new method adds its entry here and its keys to ClusterConfig
+CLUSTER_PARAMS: dict[str, tuple[ClusterParam, ...]] = {
+    "dbscan": (ClusterParam("cluster.eps", "eps"),),
+    "infomap": (
+        ClusterParam("cluster.infomap_min_sim", "min_sim"),
+        ClusterParam("cluster.infomap_k", "k"),
+        ClusterParam("cluster.infomap_min_size", "min_size"),
+    ),
+}
+CLUSTER_METHODS = tuple(CLUSTER_PARAMS)
 
 
 @dataclass
 class ClusterConfig:
-    k1: int = 30
-    k2: int = 6
-    eps: float | str = 0.6  # a Jaccard distance in (0, 1), or "auto" (chosen at the first clustering; cluster/auto_eps.py)
-    min_samples: int = 4
-    knn_backend: str = "auto"
+    """``method`` picks the clusterer (hhcl/cluster/methods.py); DBSCAN reads ``k1`` to ``knn_backend``, InfoMap the
+    ``infomap_*`` keys, and each ignores the other's."""
+
+    method: str = key(
+        "dbscan", "the clustering method (hhcl/cluster/methods.py)", choices=CLUSTER_METHODS, label="Clustering"
+    )
+    k1: int = key(30, "neighbours of the k-reciprocal sets (the paper's 30), whose cost grows as k1^2", bounds=(2, 1000))
+    k2: int = key(6, "neighbours of the query expansion (the paper's 6), at most cluster.k1", bounds=(1, 1000))
+    eps: float | str = key(
+        0.6, "DBSCAN's radius, a Jaccard distance in (0, 1), or auto (chosen at the first clustering)",
+        label="DBSCAN eps", hint="Jaccard distance in (0, 1), or auto",
+    )
+    min_samples: int = key(4, "DBSCAN's core-point neighbours (the paper's 4)", bounds=(1, 1000))
+    knn_backend: str = key("auto", "the exact kNN search: torch, faiss, or auto (faiss when installed)",
+                           choices=KNN_BACKENDS)
+    infomap_k: int = key(
+        15, "InfoMap's neighbours per image, itself included (cluster-contrast's --k1 15)", bounds=(2, 1000),
+        label="InfoMap k", hint="neighbours per image, itself included",
+    )
+    infomap_min_sim: float = key(
+        0.5, "cosine similarity a neighbour needs for an InfoMap link, in [0, 1) (cluster-contrast's --eps 0.5)",
+        label="InfoMap min sim", hint="cosine similarity in [0, 1)",
+    )
+    infomap_min_size: int = key(
+        5, "InfoMap's smallest kept cluster, smaller ones are outliers (cluster-contrast's --k2 4: sizes <= 4 dropped)",
+        bounds=(1, 1000), label="InfoMap min size", hint="smaller clusters: outliers",
+    )
 
 
 @dataclass
@@ -113,51 +202,68 @@ class MemoryConfig:
     freeze the memory); ``smooth`` in [0, 1) is a switch, as in the reference: 0 = plain cross-entropy,
     > 0 = top-k label smoothing with its epsilon fixed at 0.1. ``check_memory`` holds these bounds."""
 
-    mode: str = "CMhybrid"
-    temp: float = 0.05
-    momentum: float = 0.1
-    hard_weight: float = 0.5
-    smooth: float = 0.0
-    loss_form: str = "reference"
+    mode: str = key(
+        "CMhybrid", "the memory and its loss (hhcl.memories.MEMORIES)", choices=MEMORY_MODES, label="Memory mode"
+    )
+    temp: float = key(0.05, "softmax temperature of the memory's logits, > 0 (the paper's 0.05)")
+    momentum: float = key(0.1, "memory update m: row = m * row + (1 - m) * sample, in [0, 1) (the paper's 0.1)")
+    hard_weight: float = key(0.5, "weight of the hard-sample term against the centroid term, in [0, 1] (0.5)")
+    smooth: float = key(0.0, "0 = plain cross-entropy, > 0 = top-k label smoothing with epsilon 0.1 (a switch)")
+    loss_form: str = key(
+        "reference", "reference = the authors' code, paper = the paper's equations", choices=LOSS_FORMS
+    )
     # camera-aware proxies (O2CAP, hhcl/camera_memory.py): mode O2CAP, or an HHCL mode with camera_aware = true
-    camera_aware: bool = False  # HHCL modes: add the camera-aware proxy terms below to the hybrid loss
-    intra_weight: float = 0.0  # intra-camera proxy loss (the authors' train.py leaves it off)
-    offline_weight: float = 1.0  # offline association: the cluster's proxies vs the bg_knn hardest others
-    online_weight: float = 1.0  # online association: pos_k cross-camera nearest proxies vs bg_knn others
-    bg_knn: int = 50  # hard negative proxies per sample in both association losses
-    pos_k: int = 3  # positive proxies of the online association (the top per-camera nearest)
-    balance_w: float = 0.15  # online similarity = balance_w * sample-proxy + (1 - balance_w) * proxy-proxy
+    camera_aware: bool = key(False, "HHCL modes: add O2CAP's camera-aware proxy terms to the hybrid loss")
+    intra_weight: float = key(0.0, "intra-camera proxy loss weight (the authors' train.py leaves it off: 0)")
+    offline_weight: float = key(1.0, "offline association: the cluster's proxies vs the bg_knn hardest others")
+    online_weight: float = key(1.0, "online association: pos_k cross-camera nearest proxies vs bg_knn others")
+    bg_knn: int = key(50, "hard negative proxies per sample in both association losses (O2CAP's 50)", bounds=(1, 10000))
+    pos_k: int = key(3, "online positive proxies: the top per-camera nearest (O2CAP's 3)", bounds=(1, 1000))
+    balance_w: float = key(0.15, "online similarity = balance_w * sample-proxy + (1 - balance_w) * proxy-proxy")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    step_size: int = 20
-    gamma: float = 0.1
-    warmup_epochs: int = 0  # O2CAP: 10 epochs of linear warm-up from warmup_factor x lr (0 = none, as HHCL)
-    warmup_factor: float = 0.01
+    """Adam with a step decay, optionally after a linear warm-up (O2CAP)."""
+
+    lr: float = key(3.5e-4, "Adam's learning rate, > 0 (the paper's 3.5e-4)")
+    weight_decay: float = key(5e-4, "Adam's weight decay, >= 0 (the paper's 5e-4)")
+    step_size: int = key(20, "epochs between learning-rate decays (the paper's 20)", bounds=(1, 10000))
+    gamma: float = key(0.1, "the learning rate's factor at each decay, in (0, 1]")
+    warmup_epochs: int = key(0, "linear warm-up epochs, 0 = none (O2CAP's 10, HHCL none)", bounds=(0, 10000))
+    warmup_factor: float = key(0.01, "the warm-up's first learning rate as a fraction of optim.lr, in (0, 1]")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 60
-    iters: int = 200
-    seed: int = 1
-    eval_every: int = 10
-    device: str = "auto"
-    amp: str = "off"
-    channels_last: bool = False
-    compile: bool = False
-    tf32: bool = False
-    supervised: bool = False
-    tensorboard: bool = False  # also write the run's scalars to <run_dir>/tensorboard/ (pip install "hhcl[tensorboard]")
+    """The schedule, the device and what a run writes besides its checkpoints."""
+
+    epochs: int = key(
+        60, "epochs; a run is extended with --resume --set train.epochs=N", bounds=(1, 10000), resumable=True,
+        label="Epochs",
+    )
+    iters: int = key(200, "iterations per epoch (the paper's 200 to 400)", bounds=(1, 100000), label="Iters / epoch")
+    seed: int = key(1, "seed of the data order, augmentation and initialisation (NumPy's range)", bounds=(0, 2**32 - 1))
+    eval_every: int = key(10, "epochs between evaluations (the paper's 10)", bounds=(1, 10000), resumable=True)
+    device: str = key(
+        "auto", "auto, cpu, cuda, cuda:N or mps", resumable=True, label="Device", hint="auto, cpu, cuda or cuda:N"
+    )
+    amp: str = key("off", "mixed precision: off, bf16 or fp16", choices=AMP_MODES, label="AMP")
+    channels_last: bool = key(False, "channels-last memory format for the convolutions (faster on recent GPUs)")
+    compile: bool = key(False, "torch.compile the model")
+    tf32: bool = key(False, "allow TF32 matrix products on Ampere and later GPUs")
+    supervised: bool = key(False, "train on the true identities instead of pseudo labels (an upper bound)")
+    tensorboard: bool = key(
+        False, 'also write the scalars to <run_dir>/tensorboard/ (pip install "hhcl[tensorboard]")', resumable=True
+    )
 
 
 @dataclass
 class EvalConfig:
-    rerank: bool = False
-    flip: bool = False
+    """How query and gallery are compared."""
+
+    rerank: bool = key(False, "k-reciprocal re-ranking of the distances before ranking")
+    flip: bool = key(False, "average each image's features with its horizontal flip's")
 
 
 @dataclass
@@ -197,6 +303,12 @@ _SECTION_CLASSES = {
 def all_keys() -> list[str]:
     """Every dotted key, e.g. ``cluster.eps``, in section order."""
     return [f"{s}.{f.name}" for s, cls in _SECTION_CLASSES.items() for f in dataclasses.fields(cls)]
+
+
+def key_info(dotted: str) -> KeyInfo:
+    """The :class:`KeyInfo` of ``section.key`` (a :class:`ConfigError` naming the nearest key when unknown)."""
+    section, name = _split_key(dotted)
+    return next(f for f in dataclasses.fields(_SECTION_CLASSES[section]) if f.name == name).metadata["hhcl"]
 
 
 def _key_type(section: str, key: str) -> type:
@@ -351,6 +463,12 @@ def _check_finite(cfg: Config) -> None:
                 )
 
 
+def _check_choices(cfg: Config) -> None:
+    """Refuse a value outside its key's :data:`CHOICES`, naming the allowed ones and the nearest."""
+    for dotted, allowed in CHOICES.items():
+        _choice(dotted, cfg.get(dotted), allowed)
+
+
 def _check_bounds(cfg: Config) -> None:
     """Refuse an integer key outside its :data:`INT_BOUNDS` range, naming the range, what it means and an example
     (a seed past 64 bits, a 6400000-pixel image or a 10**9-wide embedding would otherwise fail deep in a run)."""
@@ -369,7 +487,7 @@ def validate(cfg: Config) -> Config:
     d, m, c, mem, o, t = cfg.data, cfg.model, cfg.cluster, cfg.memory, cfg.optim, cfg.train
     _check_finite(cfg)
     _check_bounds(cfg)
-    _choice("data.dataset", d.dataset, DATASETS)
+    _check_choices(cfg)
     _check(d.height % 16 == 0, "data.height", d.height, "must be a multiple of 16")
     _check(d.width % 16 == 0, "data.width", d.width, "must be a multiple of 16")
     _check(
@@ -378,8 +496,6 @@ def validate(cfg: Config) -> Config:
         d.batch_size,
         f"must be a multiple of data.num_instances ({d.num_instances}), e.g. {d.num_instances * max(1, d.batch_size // d.num_instances)}",
     )
-    _choice("model.arch", m.arch, ARCHS)
-    _choice("model.pooling", m.pooling, POOLINGS)
     if m.pretrained not in ("imagenet", "none"):
         _check(  # a run directory has no suffix (or is a folder): it is checked when the run starts
             m.pretrained.endswith((".pth", ".pth.tar", ".safetensors", ".pt"))
@@ -399,7 +515,12 @@ def validate(cfg: Config) -> Config:
         )
     _check(c.k2 <= c.k1, "cluster.k2", c.k2, f"must be between 1 and cluster.k1 ({c.k1})")
     _check(c.eps == "auto" or 0.0 < c.eps < 1.0, "cluster.eps", c.eps, f"use {AUTO_KEYS['cluster.eps']}")
-    _choice("cluster.knn_backend", c.knn_backend, KNN_BACKENDS)
+    _check(
+        0.0 <= c.infomap_min_sim < 1.0,
+        "cluster.infomap_min_sim",
+        c.infomap_min_sim,
+        "must be in [0, 1) (a cosine similarity; cluster-contrast's 0.5)",
+    )
     check_memory(
         mode=mem.mode,
         temp=mem.temp,
@@ -420,7 +541,8 @@ def validate(cfg: Config) -> Config:
         not (mem.camera_aware and mem.mode in CAMERA_MODES),
         "memory.camera_aware",
         mem.camera_aware,
-        f"applies to the HHCL modes ({', '.join(HYBRID_MODES)}); memory.mode = {mem.mode!r} is camera-aware "
+        f"applies to the modes without camera terms ({', '.join(m for m in MEMORY_MODES if m not in CAMERA_MODES)}); "
+        f"memory.mode = {mem.mode!r} is camera-aware "
         "by itself: set memory.camera_aware = false",
     )
     _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
@@ -433,11 +555,20 @@ def validate(cfg: Config) -> Config:
         t.device,
         "use auto, cpu, cuda or cuda:N",
     )
-    _choice("train.amp", t.amp, AMP_MODES)
     return cfg
 
 
 DEFAULT = Config()
+
+#: (lowest, highest, what the key means) of every integer key, from its :class:`KeyInfo`
+INT_BOUNDS: dict[str, tuple[int, int, str]] = {
+    k: (*info.bounds, info.help) for k in all_keys() if (info := key_info(k)).bounds is not None
+}
+#: the allowed values of every choice key, from its :class:`KeyInfo`
+CHOICES: dict[str, tuple[str, ...]] = {k: info.choices for k in all_keys() if (info := key_info(k)).choices}
+#: the keys a resume may change (``hhcl train --resume --set``): none changes what the run computes (tensorboard
+#: only adds a log writer; train.epochs may not go below what the checkpoint has trained)
+RESUMABLE_KEYS: tuple[str, ...] = tuple(k for k in all_keys() if key_info(k).resumable)
 
 
 def preset_names() -> list[str]:

@@ -15,6 +15,9 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import TypeGuard
+
+from hhcl.errors import FailureError
 
 MARGIN = 1 << 20  # bytes left free beyond a checked write (at least): the logs and index files still need a few
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -22,9 +25,9 @@ _UNSUPPORTED = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)  # posix_fallocate
 _ZEROS = 1 << 24  # bytes per write when reserving by writing zeros
 
 
-class DiskSpaceError(OSError):
+class DiskSpaceError(FailureError, OSError):
     """A file does not fit: ``errno`` ENOSPC (disk full) or EFBIG (file size limit), ``filename`` the file,
-    ``strerror`` the bytes needed and free and the fix."""
+    ``strerror`` the bytes needed and free and the fix. A failure: the input was fine, the disk is not."""
 
     def __str__(self) -> str:
         return f"cannot write {self.filename}: {self.strerror}"
@@ -38,7 +41,7 @@ def human_bytes(count: int) -> str:
     return f"{count / 1000**exponent:.1f} {('kB', 'MB', 'GB', 'TB', 'PB')[exponent - 1]}"
 
 
-def is_disk_full(err: BaseException) -> bool:
+def is_disk_full(err: BaseException) -> TypeGuard[OSError]:
     """Whether ``err`` says the disk is full, a quota is reached or a file size limit is exceeded."""
     return isinstance(err, OSError) and err.errno in DISK_FULL
 

@@ -18,15 +18,11 @@ from typing import Any, Protocol
 
 import torch
 
-from hhcl.config import ConfigError
-from hhcl.data import CorruptImageError, DatasetFormatError, DatasetNotFoundError
-from hhcl.diskspace import DISK_FULL
+from hhcl.diskspace import is_disk_full
 from hhcl.epoch import TrainingError
-from hhcl.models import WeightsNotFoundError
-from hhcl.run.checkpoint import ResumeError
-from hhcl.weight_files import CheckpointError
+from hhcl.errors import EXIT_FAILURE, EXIT_USAGE, HhclError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGHUP = 0, 1, 2, 130, 143, 129
+EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGHUP = 0, 130, 143, 129
 #: the signals that ask a run to stop, and the exit code each one leaves (the shell's 128 + signal number)
 STOP_SIGNALS = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM, signal.SIGHUP: EXIT_SIGHUP}
 
@@ -114,32 +110,19 @@ def _isatty(fd: int) -> bool:
         return False
 
 
-def describe_failure(err: BaseException, stage: str, run_dir: Path) -> Ending:
-    """The ending an exception means: a message (what), the stage (where, added by the caller), a hint."""
+def describe_failure(err: BaseException, run_dir: Path) -> Ending:
+    """The ending an exception means: a message (what) and a hint; the caller adds where (the stage).
+
+    An :class:`HhclError` brings its message and exit code; what needs the run is added here: a full disk names
+    the run directory, out of memory says what to lower, anything else is worded as a bug, and whether
+    ``--resume`` is worth suggesting.
+    """
     kind = type(err).__name__
     text = str(err) or kind
-    usage = (ConfigError, DatasetNotFoundError, DatasetFormatError, WeightsNotFoundError)
-    if isinstance(err, TrainingError):  # deterministic from the checkpoint: a resume would meet it again
-        return Ending("error", text, "", kind, EXIT_FAILURE, resume=False)
-    if isinstance(err, usage) or (isinstance(err, CheckpointError) and stage == "building the model"):
-        # the fix is in the input (a key, a file, the data): the message says it; a plain resume would meet it again
-        return Ending("error", text, "", kind, EXIT_USAGE, resume=False)
-    if isinstance(err, ResumeError):  # resuming again would fail the same way: the message says what to do
-        return Ending("error", text, "", kind, EXIT_FAILURE, resume=False)
-    if isinstance(err, CheckpointError | CorruptImageError):
-        return Ending("error", text, "", kind, EXIT_FAILURE)
-    if isinstance(err, OSError) and err.errno in DISK_FULL:
-        where = f" ({err.filename})" if err.filename else ""
-        in_run = err.filename is None or Path(os.path.abspath(err.filename)).is_relative_to(os.path.abspath(run_dir))
-        disk = run_dir if in_run else Path(err.filename).parent  # a cache on the data root's disk, say
-        kept = "; the previous checkpoint is intact" if in_run else ""
-        return Ending(
-            "error",
-            f"the disk is full or a file size limit was reached{where}: {err.strerror or text}",
-            f"free space under {disk} (or raise the limit), then continue with: hhcl train --resume {run_dir}{kept}",
-            kind,
-            EXIT_FAILURE,
-        )
+    if is_disk_full(err):
+        return _disk_full(err, text, kind, run_dir)
+    if isinstance(err, HhclError):
+        return Ending("error", text, "", kind, err.exit_code, resume=_resumable(err))
     if isinstance(err, torch.OutOfMemoryError):
         return Ending(
             "error",
@@ -157,4 +140,26 @@ def describe_failure(err: BaseException, stage: str, run_dir: Path) -> Ending:
         kind,
         EXIT_FAILURE,
         traceback="".join(traceback.format_exception(err)),
+    )
+
+
+def _resumable(err: HhclError) -> bool:
+    """Whether ``hhcl train --resume`` can get past ``err``: not for a usage error (the fix is in the input, which
+    a resume keeps) nor a TrainingError (the run is deterministic from its checkpoint: it would meet it again)."""
+    return err.exit_code != EXIT_USAGE and not isinstance(err, TrainingError)
+
+
+def _disk_full(err: OSError, text: str, kind: str, run_dir: Path) -> Ending:
+    """A full disk or file size limit: the file, the disk to free (the run's, or the data root's for a cache) and
+    the resume that continues."""
+    where = f" ({err.filename})" if err.filename else ""
+    in_run = err.filename is None or Path(os.path.abspath(err.filename)).is_relative_to(os.path.abspath(run_dir))
+    disk = run_dir if in_run else Path(err.filename).parent  # a cache on the data root's disk, say
+    kept = "; the previous checkpoint is intact" if in_run else ""
+    return Ending(
+        "error",
+        f"the disk is full or a file size limit was reached{where}: {err.strerror or text}",
+        f"free space under {disk} (or raise the limit), then continue with: hhcl train --resume {run_dir}{kept}",
+        kind,
+        EXIT_FAILURE,
     )

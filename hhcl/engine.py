@@ -282,11 +282,11 @@ class Trainer:
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             labels = state.labels[local.to(self.device)]
-            cams = () if state.camids is None else (state.camids[local.to(self.device)],)  # camera-aware memory
+            cams = None if state.camids is None else state.camids[local.to(self.device)]  # camera-aware memory
             window.data_wait += time.perf_counter() - t_data
             with self._autocast():
                 feats = self.net(x)
-            loss = state.memory(feats.float(), labels, *cams)
+            loss = state.memory(feats.float(), labels, cams)
             if not torch.isfinite(loss.detach()):  # one host sync; the memory update syncs every step anyway
                 raise TrainingError(
                     f"{epoch_label(epoch)} {iter_label(it)}: the loss became {loss.item()} (not finite). "
@@ -296,7 +296,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            state.memory.update(feats.detach().float(), labels, *cams)
+            state.memory.update(feats.detach().float(), labels, cams)
             window.images += len(batch)
             window.iters += 1
             if (it + 1) % LOG_EVERY == 0 or it == cfg.train.iters - 1 or it == start_iter:
@@ -519,7 +519,7 @@ class Trainer:
                         epochs_done=self.epochs_done,
                     )
                 except Exception as err:  # noqa: BLE001 - every failure must end the log with error + run_end
-                    ending = describe_failure(err, self.stage, self.run_dir)
+                    ending = describe_failure(err, self.run_dir)
                     ending.epochs_done = self.epochs_done
                 self.signals.settle()  # the ending is decided: a further Ctrl-C must not cut its record short
                 return self._finish(ending, t0)

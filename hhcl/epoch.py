@@ -19,16 +19,17 @@ import torch
 from torch import nn
 
 from hhcl import distributed as dist
-from hhcl.camera_memory import CameraAwareHybrid, CameraMemory
-from hhcl.cluster import PseudoLabels, pseudo_labels
-from hhcl.cluster.auto_eps import auto_eps
+from hhcl.cluster.clusterer import Clusterer, ClusterResult, step_key
+from hhcl.cluster.methods import CLUSTERERS
 from hhcl.cluster.quality import label_quality
-from hhcl.config import CAMERA_MODES, Config, ConfigError
-from hhcl.data.sampler import BatchUnfillableError, PKSampler, ProxySampler, batch_that_fits
+from hhcl.config import Config, ConfigError
+from hhcl.data.sampler import BatchUnfillableError, batch_that_fits
+from hhcl.errors import FailureError
 from hhcl.evaluate import extract_features
 from hhcl.faults import fault_point
-from hhcl.memory import HybridMemory
-from hhcl.run.events import CLUSTER_STEPS, Cluster, Event, Progress
+from hhcl.memories import MEMORIES, MemoryInputs, build_memory, needs_camids
+from hhcl.memory import Memory
+from hhcl.run.events import Cluster, Event, Progress
 from hhcl.run.state import TrainingState
 
 #: a stage's ``progress`` events come at most this often (its start and its end aside), in seconds
@@ -53,11 +54,13 @@ class StageProgress:
         device: torch.device,
         every: float = PROGRESS_EVERY,
         clock: Callable[[], float] = time.perf_counter,
+        steps: tuple[str, ...] | None = None,
     ) -> None:
         self.emit, self.epoch, self.stage, self.device = emit, epoch, stage, device
         self.every, self.clock = every, clock
+        self.steps = list(steps) if steps else None  # a stage of named sub-steps: every event names them
         self.t0 = self.last = clock()
-        start = Progress(epoch=epoch, stage=stage, done=0, total=total, seconds=0.0)
+        start = Progress(epoch=epoch, stage=stage, done=0, total=total, seconds=0.0, steps=self.steps)
         self.wall0 = start.t if start.t is not None else time.time()  # sub-stage times are dated from this
         self.emit(start)
 
@@ -69,21 +72,22 @@ class StageProgress:
             torch.cuda.synchronize(self.device)
             now = self.clock()
         self.last = now
-        self.emit(Progress(epoch=self.epoch, stage=self.stage, done=done, total=total, seconds=round(now - self.t0, 3)))
+        self.emit(Progress(epoch=self.epoch, stage=self.stage, done=done, total=total, seconds=round(now - self.t0, 3),
+                           steps=self.steps))
 
     def finished_at(self, done: int, total: int, seconds: float) -> None:
         """The stage reached ``done`` ``seconds`` after its start, as timed by the stage itself (the event's ``t``
         is that moment); for a stage that reports its sub-stage times only when it returns."""
         self.emit(
             Progress(t=round(self.wall0 + seconds, 3), epoch=self.epoch, stage=self.stage, done=done, total=total,
-                     seconds=round(seconds, 3))
+                     seconds=round(seconds, 3), steps=self.steps)
         )
 
 
-class TrainingError(RuntimeError):
+class TrainingError(FailureError, RuntimeError):
     """A run cannot go on (no clusters, clusters that cannot fill a batch, non-finite loss); the message says what
     happened and what to try. Resuming would meet it again (the run is deterministic from its checkpoint), so the
-    fix is a new run, never ``--resume``."""
+    fix is a new run, never ``--resume``. A failure."""
 
 
 class StopRequested(Exception):  # noqa: N818 - a request, not an error
@@ -122,7 +126,7 @@ class EpochState:
     train images' camera ids when the memory is camera-aware (it then takes them beside the labels)."""
 
     labels: torch.Tensor
-    memory: HybridMemory | CameraMemory | CameraAwareHybrid
+    memory: Memory
     sampler: Iterator[torch.Tensor]
     aug_gen: torch.Generator
     camids: torch.Tensor | None = None
@@ -173,7 +177,12 @@ class EpochSetup:
         self.stop_asked = stop_asked  # this process was asked to stop (a signal): honoured at stage boundaries
         self.new_run = new_run  # a ready `hhcl train` command for a new run with some keys changed (errors' fixes)
         self.keep_labels = keep_labels  # rank 0: writes each epoch's pseudo labels into the run directory
-        self.auto_eps: float | None = None  # cluster.eps = auto: chosen at the run's first clustering, then kept
+        self.clusterer: Clusterer = CLUSTERERS[cfg.cluster.method]
+        if not cfg.train.supervised:
+            self.clusterer.require()  # a missing optional package is told now, not after the first extraction
+        # what the clusterer chose from the data at the run's first clustering and reuses (DBSCAN's eps = auto);
+        # the checkpoint keeps it (under this name, the engine's)
+        self.auto_eps: float | None = None
         self.identities = train_identities(train_store.pids)
         self.camids = camera_ids(cfg, train_store.camids, device)
 
@@ -195,7 +204,7 @@ class EpochSetup:
         features = self.extract_train_features(epoch)
         self.check_stop("extracting train features")
         labels = self.cluster(epoch, features, time.perf_counter() - t0)
-        fault_point(f"setup:{epoch}:DBSCAN")
+        fault_point(f"setup:{epoch}:{self.clusterer.steps[-1]}")
         self.check_stop("clustering")
         progress = self._progress(epoch, "memory", 1)
         memory = self._memory(labels, features, epoch)
@@ -210,11 +219,13 @@ class EpochSetup:
         if dist.any_rank(self.stop_asked(), self.device):
             raise StopRequested(where)
 
-    def _progress(self, epoch: int, stage: str, total: int) -> StageProgress | None:
+    def _progress(
+        self, epoch: int, stage: str, total: int, steps: tuple[str, ...] | None = None
+    ) -> StageProgress | None:
         """A started stage's reporter on rank 0 (the only rank that writes events), None elsewhere."""
         if self.info.rank != 0:
             return None
-        return StageProgress(self.emit, epoch=epoch, stage=stage, total=total, device=self.device)
+        return StageProgress(self.emit, epoch=epoch, stage=stage, total=total, device=self.device, steps=steps)
 
     def sync_buffers(self) -> None:
         """Give every rank rank 0's BN running statistics (DDP only refreshes them at the next forward)."""
@@ -255,11 +266,13 @@ class EpochSetup:
         cfg = self.cfg
         n = len(features)
         seconds: dict[str, float] = {"extract": extract_seconds}
+        result: ClusterResult | None = None  # rank 0's
         if cfg.train.supervised:
             labels = self.train_store.pids.to(self.device)
         else:
             labels = torch.empty(n, dtype=torch.long, device=self.device)
-            progress = self._progress(epoch, "cluster", len(CLUSTER_STEPS))
+            steps = self.clusterer.steps
+            progress = self._progress(epoch, "cluster", len(steps), steps)
             if progress is not None:  # rank 0
                 try:
                     result = self._pseudo_labels(epoch, features)
@@ -269,8 +282,9 @@ class EpochSetup:
                     labels.fill_(_STOPPED)  # the other ranks wait in the broadcast: tell them
                 else:
                     labels = result.labels.to(self.device)
+                    self.auto_eps = result.carry
                     seconds.update(result.seconds)
-                    self._report_cluster_steps(progress, result.seconds)
+                    self._report_cluster_steps(progress, steps, result.seconds)
             labels = dist.broadcast(labels, src=0)
             if self.info.world_size > 1 and n and int(labels[0].item()) == _STOPPED:
                 raise StopRequested("clustering")
@@ -290,23 +304,23 @@ class EpochSetup:
                 n_outliers=n_outliers,
                 outlier_ratio=round(n_outliers / max(n, 1), 6),
                 seconds={k: round(v, 4) for k, v in seconds.items()},
-                eps=None if cfg.train.supervised else self.eps_shown,
-                eps_auto=cfg.cluster.eps == "auto",
+                method=None if cfg.train.supervised else self.clusterer.name,
+                params=None if result is None else result.params,
+                auto=None if result is None else list(result.auto),
                 quality=quality,
             )
         )
         if n_clusters == 0:
-            eps = self.eps_shown
-            larger = {"cluster.eps": round(min(0.95, (eps or 0.5) + 0.1), 2)}
+            looser = self.clusterer.loosen(cfg.cluster, self.auto_eps)
             raise TrainingError(
-                f"epoch {epoch + 1}: clustering with {self.eps_text} found no clusters "
-                f"(all {n} images are outliers). Try a larger eps, a smaller cluster.min_samples "
-                f"({cfg.cluster.min_samples}), or pretrained weights (model.pretrained=imagenet or a re-ID model); "
-                f"a new run with a larger eps: {self.new_run(larger)}"
+                f"epoch {epoch + 1}: clustering with {self.setting} found no clusters "
+                f"(all {n} images are outliers). Try {self.clusterer.advice(cfg.cluster)}, or pretrained weights "
+                f"(model.pretrained=imagenet or a re-ID model); a new run with {looser.words}: "
+                f"{self.new_run(looser.changes)}"
             )
         return labels
 
-    def _pseudo_labels(self, epoch: int, features: torch.Tensor) -> PseudoLabels:
+    def _pseudo_labels(self, epoch: int, features: torch.Tensor) -> ClusterResult:
         """Rank 0's clustering; a stop asked of this process is honoured before it and after each sub-stage."""
 
         def after_step(name: str) -> None:
@@ -314,92 +328,40 @@ class EpochSetup:
             if self.stop_asked():  # rank 0 alone clusters: a local check (cluster() tells the other ranks)
                 raise StopRequested(f"clustering ({name} done)")
 
-        c = self.cfg.cluster
-        eps = self.eps(features)
-        after_step("eps")
-        return pseudo_labels(
-            features, k1=c.k1, k2=c.k2, eps=eps, min_samples=c.min_samples, knn_backend=c.knn_backend,
-            after_step=after_step,
-        )
-
-    def eps(self, features: torch.Tensor) -> float:
-        """The DBSCAN eps of this clustering: the configured number, or (``auto``) the one the rule chose first."""
-        c = self.cfg.cluster
-        if c.eps != "auto":
-            return float(c.eps)
-        if self.auto_eps is None:
-            self.auto_eps = auto_eps(features, k1=c.k1, k2=c.k2, knn_backend=c.knn_backend)
-        return self.auto_eps
+        return self.clusterer.cluster(features, self.cfg.cluster, after_step=after_step, carry=self.auto_eps)
 
     @property
-    def eps_shown(self) -> float | None:
-        """The eps clustering used (None before ``auto`` chose one, or off rank 0, which does not cluster)."""
-        return self.auto_eps if self.cfg.cluster.eps == "auto" else float(self.cfg.cluster.eps)
-
-    @property
-    def eps_text(self) -> str:
-        eps = self.eps_shown
-        if self.cfg.cluster.eps == "auto":
-            return "cluster.eps=auto" + (f" (chose {eps:.4g})" if eps is not None else "")
-        return f"cluster.eps={eps:g}"
+    def setting(self) -> str:
+        """The clusterer's deciding setting as messages name it, e.g. ``cluster.eps=0.6`` (off rank 0, which does
+        not cluster, without what it chose from the data)."""
+        return self.clusterer.setting(self.cfg.cluster, self.auto_eps)
 
     @staticmethod
-    def _report_cluster_steps(progress: StageProgress, seconds: dict[str, float]) -> None:
-        """One event per finished sub-stage (kNN, Jaccard, DBSCAN); the last one is the stage's end, now.
+    def _report_cluster_steps(progress: StageProgress, steps: tuple[str, ...], seconds: dict[str, float]) -> None:
+        """One event per finished sub-step; the last one is the stage's end, now.
 
-        pseudo_labels times its sub-stages but reports them only when it returns, so these events are written
-        together then; the first two carry the ``t`` and ``seconds`` of their sub-stage's end as it measured them.
+        A clusterer times its sub-steps but reports them only when it returns, so these events are written together
+        then; all but the last carry the ``t`` and ``seconds`` of their sub-step's end as it measured them.
         """
-        total = len(CLUSTER_STEPS)
-        progress.finished_at(1, total, seconds["knn"])
-        progress.finished_at(2, total, seconds["knn"] + seconds["jaccard"])
+        total, spent = len(steps), 0.0
+        for done, step in enumerate(steps[:-1], start=1):
+            spent += seconds[step_key(step)]
+            progress.finished_at(done, total, spent)
         progress(total, total)
 
-    def _memory(
-        self, labels: torch.Tensor, features: torch.Tensor | None, epoch: int
-    ) -> HybridMemory | CameraMemory | CameraAwareHybrid:
+    def _memory(self, labels: torch.Tensor, features: torch.Tensor | None, epoch: int) -> Memory:
+        """The epoch's memory from the memory table: from the train features, or (``features`` None: resumed
+        mid-epoch) shaped only, filled from the checkpoint by the caller."""
         cfg = self.cfg
-        if self.camids is None:
-            return self._hybrid(labels, features, epoch)
-        mem = cfg.memory
-        kw = {
-            "temp": mem.temp,
-            "momentum": mem.momentum,
-            "intra_weight": mem.intra_weight,
-            "offline_weight": mem.offline_weight,
-            "online_weight": mem.online_weight,
-            "bg_knn": mem.bg_knn,
-            "pos_k": mem.pos_k,
-            "balance_w": mem.balance_w,
-        }
-        if features is None:  # resumed mid-epoch: shaped here, filled from the checkpoint by the caller
-            proxies = CameraMemory.shaped(labels, self.camids, self.model.feature_dim, **kw).to(self.device)
-        else:
-            proxies = CameraMemory.from_features(features, labels, self.camids, **kw).to(self.device)
-        if mem.mode in CAMERA_MODES:
-            return proxies
-        return CameraAwareHybrid(self._hybrid(labels, features, epoch), proxies)
-
-    def _hybrid(self, labels: torch.Tensor, features: torch.Tensor | None, epoch: int) -> HybridMemory:
-        cfg = self.cfg
-        kw = {
-            "mode": cfg.memory.mode,
-            "temp": cfg.memory.temp,
-            "momentum": cfg.memory.momentum,
-            "hard_weight": cfg.memory.hard_weight,
-            "smooth": cfg.memory.smooth,
-            "num_instances": cfg.data.num_instances,
-            "loss_form": cfg.memory.loss_form,
-        }
-        if features is None:  # resumed mid-epoch: shaped here, filled from the checkpoint by the caller
-            n_clusters = int(labels.max().item()) + 1
-            return HybridMemory(torch.zeros(n_clusters, self.model.feature_dim), **kw).to(self.device)
-        gen = epoch_generator(cfg.train.seed, epoch, 3, features.device)
-        return HybridMemory.from_features(features, labels, generator=gen, **kw).to(self.device)
+        gen = None if features is None else epoch_generator(cfg.train.seed, epoch, 3, features.device)
+        inputs = MemoryInputs(
+            labels, features, self.model.feature_dim, self.camids, cfg.memory, cfg.data.num_instances, gen
+        )
+        return build_memory(inputs).to(self.device)
 
     def _sampler(self, labels: torch.Tensor, epoch: int) -> Iterator[torch.Tensor]:
         cfg = self.cfg
-        kind = ProxySampler if cfg.memory.mode in CAMERA_MODES else PKSampler  # O2CAP: its proxy-uniform sampler
+        kind = MEMORIES[cfg.memory.mode].sampler  # e.g. O2CAP: its proxy-uniform sampler
         try:
             sampler = kind(
                 labels.cpu(),
@@ -413,18 +375,17 @@ class EpochSetup:
         return iter(sampler)
 
     def _unfillable(self, epoch: int, err: BatchUnfillableError, labels: torch.Tensor) -> str:
-        """What to do when the clusters cannot fill a batch: a new run with a batch they fill, or else with a
-        larger eps (resuming would cluster the same features the same way)."""
+        """What to do when the clusters cannot fill a batch: a new run with a batch they fill, or else with the
+        clusterer's looser setting (resuming would cluster the same features the same way)."""
         cfg = self.cfg
         outliers = float((labels < 0).float().mean()) if len(labels) else 0.0
-        found = f"epoch {epoch + 1}: clustering with {self.eps_text} left {100 * outliers:.1f} % outliers: {err}"
+        found = f"epoch {epoch + 1}: clustering with {self.setting} left {100 * outliers:.1f} % outliers: {err}"
         smaller = batch_that_fits(err.per_pass, cfg.data.num_instances, cfg.model.bn_group)
         if smaller is not None and smaller["data.batch_size"] % self.info.world_size == 0:
             return f"{found}. A new run with a batch these clusters fill: {self.new_run(smaller)}"
-        eps = self.eps_shown or 0.5
-        larger = {"cluster.eps": round(min(0.95, eps + 0.1), 2)}
+        looser = self.clusterer.loosen(cfg.cluster, self.auto_eps)
         return (
-            f"{found}. Too few clusters for any batch: a new run with a larger eps, {self.new_run(larger)}; or "
+            f"{found}. Too few clusters for any batch: a new run with {looser.words}, {self.new_run(looser.changes)}; or "
             "start from a model that already knows people (model.pretrained = a re-ID model: README, Your own crops)"
         )
 
@@ -435,10 +396,10 @@ class EpochSetup:
 def camera_ids(cfg: Config, camids: torch.Tensor, device: torch.device) -> torch.Tensor | None:
     """The train images' camera ids on ``device`` when the memory is camera-aware (else None); a train set with one
     camera (e.g. a folder dataset without camera sub-folders) cannot split clusters by camera: a ConfigError."""
-    if cfg.memory.mode not in CAMERA_MODES and not cfg.memory.camera_aware:
+    if not needs_camids(cfg.memory):
         return None
     if camids.numel() == 0 or torch.unique(camids).numel() < 2:
-        key = "memory.mode = O2CAP" if cfg.memory.mode in CAMERA_MODES else "memory.camera_aware = true"
+        key = f"memory.mode = {cfg.memory.mode}" if MEMORIES[cfg.memory.mode].needs_camids else "memory.camera_aware = true"
         raise ConfigError(
             f"{key} needs camera ids, but the train images of data.dataset = {cfg.data.dataset!r} all come from one "
             "camera: prepare a folder dataset with one sub-folder per camera or --cam-pattern (hhcl prepare folder), "

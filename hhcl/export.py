@@ -28,8 +28,9 @@ from torch import nn
 
 from hhcl.atomic import atomic_write_bytes
 from hhcl.config import Config
-from hhcl.data.store import upright_rgb
+from hhcl.data.store import CorruptImageError, upright_rgb
 from hhcl.distributed import resolve_device
+from hhcl.errors import FailureError, UsageError
 from hhcl.models import ModelInfo, load_model
 from hhcl.run.labels import quote_name, unquote_name
 from hhcl.weight_files import CheckpointError, save_weights
@@ -43,12 +44,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _EXTRA = "hhcl.json"
 
 
-class ExportError(RuntimeError):
-    """An export that failed or whose exported model disagrees with PyTorch."""
+class ExportError(FailureError, RuntimeError):
+    """An export that failed or whose exported model disagrees with PyTorch. A failure."""
 
 
-class EmbedError(ValueError):
-    """Bad input to :func:`embed` (no images, an unreadable image); the message names the file."""
+class EmbedError(UsageError, ValueError):
+    """Bad input to :func:`embed` (no images folder, no images in it, an --out that is not .npy); the message names
+    the path. A usage error (an unreadable image found while embedding is a :class:`CorruptImageError`)."""
 
 
 class Embedder(nn.Module):
@@ -212,12 +214,13 @@ def export(
 
 def read_image(path: str | os.PathLike[str], height: int, width: int) -> torch.Tensor:
     """An image file as uint8 ``[3, height, width]`` RGB, decoded and resized with PIL bicubic as in training
-    (:func:`hhcl.data.store.upright_rgb`: EXIF orientation, 16-bit greyscale)."""
+    (:func:`hhcl.data.store.upright_rgb`: EXIF orientation, 16-bit greyscale); a CorruptImageError names a file
+    that cannot be decoded."""
     try:
         with Image.open(path) as img:
             rgb = upright_rgb(img).resize((width, height), Image.Resampling.BICUBIC)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise EmbedError(f"cannot read image '{path}': {err}. Remove or replace the file.") from None
+        raise CorruptImageError([str(path)], f"it cannot be read ({err}): remove or replace the file") from None
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
@@ -285,27 +288,40 @@ def load_embedder(path: str | os.PathLike[str], *, device: str | torch.device = 
     path = Path(path).expanduser()
     dev = resolve_device(device, key="device")
     if path.is_file() and path.suffix == ".onnx":
-        import onnx
-        import onnxruntime as ort
-
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-
-        def run_onnx(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {name: x.cpu().numpy()})[0])
-
-        return ImageEmbedder(
-            run_onnx, int(meta["input_height"]), int(meta["input_width"]), torch.device("cpu"), meta
-        )
+        return _onnx_embedder(path)
     meta = _torchscript_meta(path) if path.is_file() and not path.name.endswith(".safetensors") else None
     if meta is not None:
-        with _quiet_jit():
-            module = torch.jit.load(str(path), map_location=dev).eval()
+        try:
+            with _quiet_jit():
+                module = torch.jit.load(str(path), map_location=dev).eval()
+        except RuntimeError as err:
+            raise CheckpointError(f"cannot load the exported TorchScript model '{path}': {err}") from None
         return ImageEmbedder(_no_grad(module), int(meta["input_height"]), int(meta["input_width"]), dev, meta)
     model, info = load_model(path, device=dev)
     embedder = Embedder(model).eval().to(dev)
     return ImageEmbedder(_no_grad(embedder), info.height, info.width, dev, _metadata(info, model.feature_dim))
+
+
+def _onnx_embedder(path: Path) -> ImageEmbedder:
+    """An embedder running the exported ``.onnx`` file ``path`` with onnxruntime on the CPU; a file that does not
+    load, or lacks the input size :func:`export` records, is a CheckpointError naming it."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        height, width = int(meta["input_height"]), int(meta["input_width"])
+    except KeyError as err:
+        raise CheckpointError(f"'{path}' is not an hhcl export: it records no {err} (use hhcl export)") from None
+    except Exception as err:  # protobuf's and onnxruntime's own errors: the file is no model they can run
+        raise CheckpointError(f"cannot load the exported ONNX model '{path}': {type(err).__name__}: {err}") from None
+    name = session.get_inputs()[0].name
+
+    def run_onnx(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: x.cpu().numpy()})[0])
+
+    return ImageEmbedder(run_onnx, height, width, torch.device("cpu"), meta)
 
 
 def _no_grad(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:

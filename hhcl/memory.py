@@ -4,23 +4,49 @@ Reproduces the reference ``ClusterMemory`` (reference doc 1.2 steps 5 and 8) exa
 update rules included, without its per-sample Python loops: one host sync per update, then segment
 reductions over at most (largest cluster count in the batch) rounds. Every reduction is deterministic, so
 all DDP ranks that apply the update to the same all-gathered batch hold bit-identical memories.
+
+Each mode is one :class:`_Mode` of ``_MODES`` (its rows, loss and update rule); :class:`Memory` is the protocol
+every memory bank follows, and ``hhcl.memories.MEMORIES`` the table the engine builds them from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hhcl import distributed
-from hhcl.config import HYBRID_MODES as MODES  # the config's list of this bank's modes, for benchmarks
 from hhcl.config import check_memory
 
-__all__ = ["MODES", "HybridMemory", "cluster_centroids", "momentum_blend", "sample_instances"]
+__all__ = ["MODES", "HybridMemory", "Memory", "cluster_centroids", "momentum_blend", "sample_instances"]
 
 SMOOTH_EPSILON = 0.1  # the reference hard-codes epsilon; memory.smooth > 0 only switches smoothing on
+
+
+class Memory(Protocol):
+    """What the engine and the epoch set-up use of a memory bank (every entry of ``hhcl.memories.MEMORIES``).
+
+    ``loss = memory(f, y, camids)`` (``camids`` None unless the memory takes camera ids), then ``update(f, y,
+    camids)`` after backward; ``last_parts`` names the loss terms for the ``step`` event; the state dict is what a
+    mid-epoch checkpoint keeps, loaded into a memory built shape-only on resume.
+    """
+
+    def __call__(self, features: Tensor, labels: Tensor, camids: Tensor | None = None) -> Tensor: ...
+
+    def update(self, features: Tensor, labels: Tensor, camids: Tensor | None = None) -> None: ...
+
+    @property
+    def last_parts(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> Any: ...
+
+    def to(self, device: torch.device | str) -> Memory: ...
 
 
 def _check_labels(labels: Tensor, n: int, where: str) -> Tensor:
@@ -159,6 +185,7 @@ class HybridMemory(nn.Module):
 
     Buffer ``features`` (float32) holds the rows: CM/CMhard [C, D]; CMhybrid [2C, D] (hard rows 0..C-1,
     mean rows C..2C-1); CMhybrid_v2 [(P+1)C, D] (centroid rows 0..C-1, instance slot k at rows kC..kC+C-1).
+    Each mode's rows, loss and update rule are one :class:`_Mode` of ``_MODES``.
     """
 
     def __init__(
@@ -183,8 +210,8 @@ class HybridMemory(nn.Module):
             smooth=smooth,
             loss_form=loss_form,
         )
-        if mode not in MODES:
-            raise ValueError(f"memory.mode = {mode!r} is built by hhcl.camera_memory, not HybridMemory")
+        if mode not in _MODES:
+            raise ValueError(f"memory.mode = {mode!r} is not an HHCL mode ({', '.join(_MODES)}): build it from hhcl.memories")
         if num_instances < 1:
             raise ValueError(f"num_instances = {num_instances!r} is not allowed: must be at least 1")
         if centroids.dim() != 2 or centroids.shape[0] < 1 or centroids.shape[1] < 1:
@@ -195,22 +222,10 @@ class HybridMemory(nn.Module):
         self.hard_weight, self.smooth, self.loss_form = float(hard_weight), float(smooth), loss_form
         self.num_clusters, self.num_features = centroids.shape
         self.num_instances = int(num_instances)
-        rows = [centroids.float()]
-        if mode == "CMhybrid":
-            rows.append(centroids.float())
-        elif mode == "CMhybrid_v2":
-            want = (self.num_instances, self.num_clusters, self.num_features)
-            # None: e.g. before load_state_dict on resume (from_features samples members instead)
-            if instance_features is None:
-                instance_features = centroids.float().expand(*want)
-            if tuple(instance_features.shape) != want:
-                raise ValueError(
-                    f"instance_features must have shape [num_instances, C, D] = {list(want)}, "
-                    f"got {list(instance_features.shape)}; build it with HybridMemory.from_features"
-                )
-            rows.append(instance_features.to(centroids.device, torch.float32).reshape(-1, self.num_features))
-        elif instance_features is not None:
+        self._rule = _MODES[mode]
+        if instance_features is not None and not self._rule.instance_slots:
             raise ValueError(f"instance_features is only used by mode CMhybrid_v2, not {mode}")
+        rows = [centroids.float(), *self._rule.extra_rows(self, centroids, instance_features)]
         self.register_buffer("features", F.normalize(torch.cat(rows), dim=1))
         self._parts: dict[str, Tensor] = {}
 
@@ -223,7 +238,8 @@ class HybridMemory(nn.Module):
         Under DDP the result is broadcast from rank 0, so every rank starts from the same memory.
         """
         centroids = cluster_centroids(features, labels)
-        if kw.get("mode", "CMhybrid") == "CMhybrid_v2" and kw.get("instance_features") is None:
+        rule = _MODES.get(kw.get("mode", "CMhybrid"))
+        if rule is not None and rule.instance_slots and kw.get("instance_features") is None:
             kw["instance_features"] = sample_instances(
                 features, labels, centroids.shape[0], kw.get("num_instances", 16), generator
             )
@@ -269,34 +285,14 @@ class HybridMemory(nn.Module):
             target = (1 - SMOOTH_EPSILON) * onehot + SMOOTH_EPSILON / n_cls
         return (-target * logp).mean(0).sum()
 
-    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        """Scalar loss of ``features`` [B, D] against the memory as it is (gradient to the features only)."""
+    def forward(self, features: Tensor, labels: Tensor, camids: Tensor | None = None) -> Tensor:
+        """Scalar loss of ``features`` [B, D] against the memory as it is (gradient to the features only).
+
+        ``camids`` is taken for the :class:`Memory` protocol and not used: these losses have no camera terms.
+        """
         f, y = self._batch(features, labels, "forward")
-        hw, c = self.hard_weight, self.num_clusters
         with torch.autocast(device_type=f.device.type, enabled=False):
-            logits = f @ self.features.t()
-            if self.mode in ("CM", "CMhard"):
-                loss = self._cross_entropy(logits / self.temp, y)
-                self._parts = {"loss_ce": loss.detach()}
-            elif self.mode == "CMhybrid":
-                hard, mean = (logits / self.temp).split(c, dim=1)
-                ce_hard, ce_mean = self._cross_entropy(hard, y), self._cross_entropy(mean, y)
-                # reference: hw * (CE_hard + (1 - hw) * CE_mean), i.e. 0.5 / 0.25 (quirk 12)
-                if self.loss_form == "reference":
-                    loss = hw * (ce_hard + (1 - hw) * ce_mean)
-                else:
-                    loss = hw * ce_hard + (1 - hw) * ce_mean
-                self._parts = {"loss_hard": ce_hard.detach(), "loss_mean": ce_mean.detach()}
-            else:
-                out = logits.view(f.shape[0], self.num_instances + 1, c)
-                inst = out[:, 1:]
-                pos, neg = inst.min(dim=1).values, inst.max(dim=1).values
-                is_gt = torch.zeros_like(pos, dtype=torch.bool).scatter_(1, y[:, None], True)
-                hard = torch.where(is_gt, pos, neg)
-                ce_cent = self._cross_entropy(out[:, 0] / self.temp, y)
-                ce_hard = self._cross_entropy(hard / self.temp, y)
-                loss = hw * ce_cent + (1 - hw) * ce_hard  # convex in both loss forms
-                self._parts = {"loss_centroid": ce_cent.detach(), "loss_hard": ce_hard.detach()}
+            loss, self._parts = self._rule.loss(self, f @ self.features.t(), y)
         return loss
 
     def _blend(self, rows: Tensor, samples: Tensor) -> None:
@@ -304,29 +300,122 @@ class HybridMemory(nn.Module):
         momentum_blend(self.features, rows, samples, self.momentum)
 
     @torch.no_grad()
-    def update(self, features: Tensor, labels: Tensor) -> None:
+    def update(self, features: Tensor, labels: Tensor, camids: Tensor | None = None) -> None:
         """Apply the reference update for the (all-gathered, rank-ordered) batch; call after backward."""
         f, y = self._batch(features.detach(), labels, "update")
         f, y = distributed.all_gather_cat(f), distributed.all_gather_cat(y)
         if y.numel() == 0:
             return
-        seg = _segments(y, self.num_clusters)
-        c = self.num_clusters
-        if self.mode == "CM":  # sequential per sample in batch order: round r = every cluster's r-th member
-            for idx in seg.rounds:
-                self._blend(y[idx], f.index_select(0, idx))
-            return
-        if self.mode in ("CMhard", "CMhybrid"):
-            hard = _hardest(f, self.features.index_select(0, seg.uniq), seg)
-            self._blend(seg.uniq, f.index_select(0, hard))
-            if self.mode == "CMhard":
-                return
-        if self.mode == "CMhybrid_v2":
-            if len(seg.rounds) > self.num_instances:
-                raise ValueError(
-                    f"memory.update: a cluster has {len(seg.rounds)} images in the batch but CMhybrid_v2 keeps "
-                    f"only num_instances={self.num_instances} slots; set num_instances to data.num_instances"
-                )
-            self.features.index_copy_(0, y + (seg.occ + 1) * c, f)  # slots 1..n_c overwritten in batch order
-        mean = _group_sums(f, seg) / seg.counts[:, None].to(f.dtype)
-        self._blend(seg.uniq + (c if self.mode == "CMhybrid" else 0), mean)
+        self._rule.update(self, f, y, _segments(y, self.num_clusters))
+
+
+# ---------------------------------------------------------------- the HHCL modes (reference doc 1.2 steps 5, 8)
+def _no_rows(memory: HybridMemory, centroids: Tensor, instance_features: Tensor | None) -> list[Tensor]:
+    """CM, CMhard: the centroids are the whole memory."""
+    return []
+
+
+def _mean_rows(memory: HybridMemory, centroids: Tensor, instance_features: Tensor | None) -> list[Tensor]:
+    """CMhybrid: a second copy of the centroids, the mean half (the first copy is the hard half)."""
+    return [centroids.float()]
+
+
+def _slot_rows(memory: HybridMemory, centroids: Tensor, instance_features: Tensor | None) -> list[Tensor]:
+    """CMhybrid_v2: ``num_instances`` slots per cluster; None (a memory about to load a checkpoint): centroids."""
+    want = (memory.num_instances, memory.num_clusters, memory.num_features)
+    if instance_features is None:
+        instance_features = centroids.float().expand(*want)
+    if tuple(instance_features.shape) != want:
+        raise ValueError(
+            f"instance_features must have shape [num_instances, C, D] = {list(want)}, "
+            f"got {list(instance_features.shape)}; build it with HybridMemory.from_features"
+        )
+    return [instance_features.to(centroids.device, torch.float32).reshape(-1, memory.num_features)]
+
+
+def _single_loss(memory: HybridMemory, logits: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """CM, CMhard: CE over all rows."""
+    loss = memory._cross_entropy(logits / memory.temp, y)
+    return loss, {"loss_ce": loss.detach()}
+
+
+def _hybrid_loss(memory: HybridMemory, logits: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """CMhybrid: CE over the hard half and over the mean half, combined as ``memory.loss_form`` says."""
+    hw = memory.hard_weight
+    hard, mean = (logits / memory.temp).split(memory.num_clusters, dim=1)
+    ce_hard, ce_mean = memory._cross_entropy(hard, y), memory._cross_entropy(mean, y)
+    # reference: hw * (CE_hard + (1 - hw) * CE_mean), i.e. 0.5 / 0.25 (quirk 12)
+    if memory.loss_form == "reference":
+        loss = hw * (ce_hard + (1 - hw) * ce_mean)
+    else:
+        loss = hw * ce_hard + (1 - hw) * ce_mean
+    return loss, {"loss_hard": ce_hard.detach(), "loss_mean": ce_mean.detach()}
+
+
+def _instance_loss(memory: HybridMemory, logits: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """CMhybrid_v2: CE over the centroids, and over the hardest slots (min at the label, max elsewhere)."""
+    hw = memory.hard_weight
+    out = logits.view(logits.shape[0], memory.num_instances + 1, memory.num_clusters)
+    inst = out[:, 1:]
+    pos, neg = inst.min(dim=1).values, inst.max(dim=1).values
+    is_gt = torch.zeros_like(pos, dtype=torch.bool).scatter_(1, y[:, None], True)
+    hard = torch.where(is_gt, pos, neg)
+    ce_cent = memory._cross_entropy(out[:, 0] / memory.temp, y)
+    ce_hard = memory._cross_entropy(hard / memory.temp, y)
+    loss = hw * ce_cent + (1 - hw) * ce_hard  # convex in both loss forms
+    return loss, {"loss_centroid": ce_cent.detach(), "loss_hard": ce_hard.detach()}
+
+
+def _update_each(memory: HybridMemory, f: Tensor, y: Tensor, seg: _Segments) -> None:
+    """CM: sequential per sample in batch order (round r = every cluster's r-th member)."""
+    for idx in seg.rounds:
+        memory._blend(y[idx], f.index_select(0, idx))
+
+
+def _update_hardest(memory: HybridMemory, f: Tensor, y: Tensor, seg: _Segments) -> None:
+    """CMhard (and CMhybrid's hard half): each cluster's row blends its least similar member of the batch."""
+    hard = _hardest(f, memory.features.index_select(0, seg.uniq), seg)
+    memory._blend(seg.uniq, f.index_select(0, hard))
+
+
+def _blend_means(memory: HybridMemory, f: Tensor, seg: _Segments, first_row: int) -> None:
+    """Rows ``first_row + c`` blend the batch mean of cluster c's members."""
+    mean = _group_sums(f, seg) / seg.counts[:, None].to(f.dtype)
+    memory._blend(seg.uniq + first_row, mean)
+
+
+def _update_hybrid(memory: HybridMemory, f: Tensor, y: Tensor, seg: _Segments) -> None:
+    """CMhybrid: the hard half as CMhard, then the mean half (rows C..2C-1) from the batch means."""
+    _update_hardest(memory, f, y, seg)
+    _blend_means(memory, f, seg, memory.num_clusters)
+
+
+def _update_slots(memory: HybridMemory, f: Tensor, y: Tensor, seg: _Segments) -> None:
+    """CMhybrid_v2: slots 1..n_c overwritten in batch order (no momentum), then the centroids from the means."""
+    if len(seg.rounds) > memory.num_instances:
+        raise ValueError(
+            f"memory.update: a cluster has {len(seg.rounds)} images in the batch but CMhybrid_v2 keeps "
+            f"only num_instances={memory.num_instances} slots; set num_instances to data.num_instances"
+        )
+    memory.features.index_copy_(0, y + (seg.occ + 1) * memory.num_clusters, f)
+    _blend_means(memory, f, seg, 0)
+
+
+@dataclass(frozen=True)
+class _Mode:
+    """One HHCL mode: the rows it keeps after the centroids, its loss over the logits, its update rule."""
+
+    extra_rows: Callable[[HybridMemory, Tensor, Tensor | None], list[Tensor]]
+    loss: Callable[[HybridMemory, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]]
+    update: Callable[[HybridMemory, Tensor, Tensor, _Segments], None]
+    instance_slots: bool = False  # rows hold member instances: from_features samples them
+
+
+_MODES: dict[str, _Mode] = {
+    "CM": _Mode(_no_rows, _single_loss, _update_each),
+    "CMhard": _Mode(_no_rows, _single_loss, _update_hardest),
+    "CMhybrid": _Mode(_mean_rows, _hybrid_loss, _update_hybrid),
+    "CMhybrid_v2": _Mode(_slot_rows, _instance_loss, _update_slots, instance_slots=True),
+}
+#: the modes HybridMemory builds (hhcl.memories makes each a table entry)
+MODES = tuple(_MODES)

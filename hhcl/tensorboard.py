@@ -65,7 +65,8 @@ __all__ = [
 
 
 class TensorBoardMissingError(ConfigError):
-    """``train.tensorboard = true`` or ``hhcl tensorboard`` without the ``tensorboard`` package installed."""
+    """``train.tensorboard = true`` or ``hhcl tensorboard`` without the ``tensorboard`` package installed. A usage
+    error: the message says what to install."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from hhcl.atomic import atomic_write_bytes
+from hhcl.errors import UsageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".tar")
 IGNORED_PREFIXES = ("fc.", "classifier.")  # an ImageNet head, a supervised model's classifier: never loaded
@@ -43,8 +44,9 @@ _NUMPY_SAFE = [
 ]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message names the file and the problem."""
+class CheckpointError(UsageError, ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file and the problem.
+    A usage error: the user gave the wrong file (missing, damaged, another model's)."""
 
 
 @dataclass

@@ -8,8 +8,18 @@ import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
-from hhcl.config import load_config, preset_description, preset_names
+from hhcl.config import (
+    CLUSTER_PARAMS,
+    DEFAULT,
+    Config,
+    all_keys,
+    key_info,
+    load_config,
+    preset_description,
+    preset_names,
+)
 from hhcl_tui.common import console, data_root, err_console, fail, resolve_config  # noqa: F401 - re-exported
+from hhcl_tui.errors import cli_errors
 from hhcl_tui.helptext import HelpCommand, HelpGroup
 
 app = typer.Typer(
@@ -26,33 +36,63 @@ presets_app = typer.Typer(
 app.add_typer(presets_app, name="presets")
 
 @presets_app.command("list", cls=HelpCommand)
+@cli_errors
 def presets_list() -> None:
     """List the shipped presets.
 
-    A table of each one's dataset, backbone, pooling, eps and schedule.
+    A table of each one's dataset, backbone, pooling, clustering (its method and main setting) and schedule.
     """
     table = Table(title="hhcl presets", header_style="bold cyan")
-    for col in ("name", "dataset", "backbone", "pooling", "eps", "epochs x iters"):
+    names = preset_names()
+    table.add_column("name", no_wrap=True, min_width=max(map(len, names)))  # the one column never cut short
+    for col in ("dataset", "backbone", "pooling", "clustering", "epochs x iters"):
         table.add_column(col, no_wrap=True)
-    for name in preset_names():
+    for name in names:
         cfg = load_config(name)
         table.add_row(
             name,
             cfg.data.dataset,
             cfg.model.arch,
             cfg.model.pooling,
-            cfg.cluster.eps if cfg.cluster.eps == "auto" else f"{cfg.cluster.eps:g}",
+            _clustering(cfg),
             f"{cfg.train.epochs} x {cfg.train.iters}",
         )
     console.print(table)
 
 
+def _clustering(cfg: Config) -> str:
+    """The clustering method and the setting that decides how much it clusters, e.g. ``dbscan eps 0.45``."""
+    param = CLUSTER_PARAMS[cfg.cluster.method][0]
+    value = cfg.get(param.key)
+    return f"{cfg.cluster.method} {param.name} {value if isinstance(value, str) else f'{value:g}'}"
+
+
 @presets_app.command("show", cls=HelpCommand)
+@cli_errors
 def presets_show(name: Annotated[str, typer.Argument(help="preset name, e.g. market")]) -> None:
     """Print a preset's full TOML."""
     cfg = resolve_config(name, [])
     console.print(f"[bold]{name}[/]: {preset_description(name)}")
     console.print(Syntax(cfg.to_toml(), "toml", theme="ansi_dark", background_color="default"))
+
+
+@presets_app.command("keys", cls=HelpCommand)
+@cli_errors
+def presets_keys() -> None:
+    """List every config key: its default, range or choices, and meaning.
+
+    Also whether ``hhcl train --resume`` may change it. Any key can be set with ``--set section.key=value``
+    or in a TOML file.
+    """
+    table = Table(title="hhcl config keys", header_style="bold cyan")
+    table.add_column("key", no_wrap=True)
+    for col in ("default", "allows", "resume", "meaning"):
+        table.add_column(col)
+    for dotted in all_keys():
+        info = key_info(dotted)
+        allows = ", ".join(info.choices) if info.choices else (f"{info.bounds[0]} to {info.bounds[1]}" if info.bounds else "")
+        table.add_row(dotted, str(DEFAULT.get(dotted)), allows, "yes" if info.resumable else "", info.help)
+    console.print(table)
 
 
 # Commands register after the app exists (they import the shared helpers); order = `hhcl --help` order.

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from hhcl.config import Config, ConfigError, load_config
+from hhcl.config import Config, load_config
+from hhcl.errors import EXIT_USAGE
 
 # soft_wrap: printed text is never broken at the console width (80 columns when piped), so a path or command
 # stays whole on its line and can be pasted or grepped; tables still fit the width.
@@ -17,9 +18,9 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print a red ``error:`` and ``message`` as plain text (never Rich markup: a path may hold ``[x]``), and
-    return the Exit to raise (2 = usage/config error, 1 = failure)."""
+    return the Exit to raise (2 = usage/config error, 1 = failure; an HhclError's is its ``exit_code``)."""
     err_console.print(Text.assemble(("error:", "bold red"), " ", message))
     return typer.Exit(code)
 
@@ -32,12 +33,10 @@ def data_root(root: Path | None) -> Path:
 
 
 def resolve_config(preset: str, overrides: list[str] | None, root: Path | None = None) -> Config:
-    """Load a preset or TOML with overrides; config errors exit 2 with the message."""
+    """Load a preset or TOML with overrides (``root``, or $HHCL_DATA, as ``data.root`` unless a --set gives it); a
+    bad one is a ConfigError."""
     sets = list(overrides or [])
     if root is not None or "HHCL_DATA" in os.environ:
         if not any(s.split("=", 1)[0].strip() == "data.root" for s in sets):
             sets.insert(0, f"data.root={data_root(root)}")
-    try:
-        return load_config(preset, sets)
-    except ConfigError as err:
-        raise fail(str(err)) from None
+    return load_config(preset, sets)

@@ -53,10 +53,10 @@ PER_PRESET = {
 }
 
 
-def test_ten_presets_ship_inside_the_package():
+def test_twelve_presets_ship_inside_the_package():
     assert preset_names() == [
-        "demo", "duke", "duke-ibn", "folder-cpu", "market", "market-ibn", "msmt17", "o2cap-duke", "o2cap-market",
-        "o2cap-msmt17",
+        "cc-infomap-market", "cc-infomap-msmt17", "demo", "duke", "duke-ibn", "folder-cpu", "market", "market-ibn",
+        "msmt17", "o2cap-duke", "o2cap-market", "o2cap-msmt17",
     ]
 
 
@@ -68,7 +68,10 @@ def test_paper_presets_pin_every_critical_value(name):
         assert cfg.get(key) == value, f"{name}: {key}"
 
 
-@pytest.mark.parametrize("name", ["demo", "duke", "duke-ibn", "folder-cpu", "market", "market-ibn", "msmt17"])
+@pytest.mark.parametrize(
+    "name", ["cc-infomap-market", "cc-infomap-msmt17", "demo", "duke", "duke-ibn", "folder-cpu", "market", "market-ibn",
+             "msmt17"]
+)
 def test_presets_are_complete_and_round_trip(name, tmp_path):
     import tomllib
 
@@ -268,3 +271,42 @@ def test_every_integer_key_has_a_bound_refused_on_both_sides_and_its_top_is_acce
     tops = ["data.height=4096", "data.width=4096", "train.seed=4294967295", "model.num_features=16384", "train.epochs=10000"]
     cfg = load_config("market", tops)
     assert (cfg.data.height, cfg.train.seed, cfg.model.num_features) == (4096, 2**32 - 1, 16384)
+
+
+def test_every_key_states_its_meaning_and_each_choice_key_refuses_what_its_info_does_not_list():
+    from hhcl.config import CHOICES, RESUMABLE_KEYS, key_info
+
+    for key in all_keys():
+        assert len(key_info(key).help) > 10, f"{key} has no help text"
+    assert set(RESUMABLE_KEYS) == {"data.root", "data.workers", "train.epochs", "train.eval_every", "train.device",
+                                   "train.tensorboard"}  # nothing that changes what a run computes
+    for key, allowed in CHOICES.items():
+        for value in allowed:
+            load_config("market", [f"{key}={value}"] + (["memory.camera_aware=false"] if key == "memory.mode" else []))
+        with pytest.raises(ConfigError, match=rf"^{key} = 'nope' is not allowed: use one of {', '.join(allowed)}"):
+            load_config("market", [f"{key}=nope"])
+    with pytest.raises(ConfigError, match="unknown config key 'cluster.epss'. Did you mean 'cluster.eps'"):
+        key_info("cluster.epss")
+
+
+@pytest.mark.parametrize(("name", "dataset", "iters"), [("cc-infomap-market", "market1501", 200),
+                                                       ("cc-infomap-msmt17", "msmt17", 400)])
+def test_cluster_contrast_infomap_presets_pin_run_code_sh(name, dataset, iters):
+    """run_code.sh: -b 256 --iters N --momentum 0.1 --eps 0.5 --k1 15 --k2 4 --num-instances 16, and the script's
+    defaults (GeM, 50 epochs, step 20, temp 0.05, lr 3.5e-4, the plain cluster memory)."""
+    cfg = load_config(name)
+    expected = {
+        "data.dataset": dataset, "train.iters": iters, "data.batch_size": 256, "data.num_instances": 16,
+        "cluster.method": "infomap", "cluster.infomap_min_sim": 0.5, "cluster.infomap_k": 15,
+        "cluster.infomap_min_size": 5, "memory.mode": "CM", "memory.momentum": 0.1, "memory.temp": 0.05,
+        "model.pooling": "gem", "model.arch": "resnet50", "train.epochs": 50, "optim.step_size": 20,
+        "optim.lr": 3.5e-4, "optim.weight_decay": 5e-4, "train.eval_every": 10, "model.bn_group": 64,
+    }
+    assert {key: cfg.get(key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1"])
+def test_infomap_min_sim_is_a_similarity_below_one(value):
+    with pytest.raises(ConfigError, match=rf"cluster.infomap_min_sim = {float(value)!r} is not allowed: must be in \[0, 1\)"):
+        load_config("market", [f"cluster.infomap_min_sim={value}"])
+    assert load_config("market", ["cluster.infomap_min_sim=0"]).cluster.infomap_min_sim == 0.0

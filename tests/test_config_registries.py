@@ -13,15 +13,35 @@ from hhcl import config
 from hhcl.cluster.knn import BACKENDS
 from hhcl.config import ConfigError, load_config
 from hhcl.data.datasets import REGISTRY
-from hhcl.memory import HybridMemory
+from hhcl.memories import MEMORIES
+from hhcl.memory import MODES, HybridMemory
+from hhcl.models.backbones import BACKBONES
 from hhcl.models.pooling import build_pooling
-from hhcl.models.reid import ARCH_BUILDERS
 
 
 def test_config_lists_equal_the_registries():
     assert config.DATASETS == tuple(REGISTRY)
-    assert config.ARCHS == tuple(ARCH_BUILDERS)
+    assert config.ARCHS == tuple(BACKBONES)
     assert config.KNN_BACKENDS == BACKENDS
+
+
+def test_config_memory_modes_equal_the_memory_table():
+    """memory.mode's allowed values are the table's keys; the camera ones (camera_aware refused) take camera ids."""
+    assert config.MEMORY_MODES == tuple(MEMORIES)
+    assert config.CAMERA_MODES == tuple(mode for mode, spec in MEMORIES.items() if spec.needs_camids)
+    assert config.HYBRID_MODES == MODES
+
+
+def test_config_cluster_methods_equal_the_clusterer_table():
+    """cluster.method's allowed values are the table's keys, and each method's shown settings are config keys."""
+    from hhcl.cluster.methods import CLUSTERERS
+
+    assert config.CLUSTER_METHODS == tuple(CLUSTERERS) == tuple(config.CLUSTER_PARAMS)
+    assert all(c.name == name for name, c in CLUSTERERS.items())
+    keys = [p.key for params in config.CLUSTER_PARAMS.values() for p in params]
+    assert set(keys) <= set(config.all_keys()) and len(set(keys)) == len(keys)
+    with pytest.raises(ConfigError, match="cluster.method = 'optics' is not allowed: use one of dbscan, infomap"):
+        load_config("market", ["cluster.method=optics"])
 
 
 def test_every_pooling_builds_and_no_other_does():

@@ -32,6 +32,7 @@ from hhcl_tui.dashboard.bars import scale_label, zero_bars
 from hhcl_tui.dashboard.state import (
     LogLine,
     RunState,
+    apply_event,
     downsample,
     new_log_lines,
     reduce_events,
@@ -53,7 +54,8 @@ def tiny_events() -> list[Event]:
         RunStart(t=1000.0, run="tiny-run", preset="demo", device="cpu", world_size=1, n_train=240, n_query=60,
                  n_gallery=120, epochs=4, iters=10, start_epoch=0, start_iter=0, resumed=False,
                  notes=["no pretrained weights: training from scratch"],
-                 config={"data": {"dataset": "synthetic"}, "train": {"epochs": 99, "iters": 99}}),
+                 config={"data": {"dataset": "synthetic"}, "model": {"arch": "resnet18"},
+                         "memory": {"mode": "CMhybrid", "camera_aware": True}, "train": {"epochs": 99, "iters": 99}}),
         EpochStart(t=1000.0, epoch=0, lr=3.5e-4),
         Cluster(t=1002.0, epoch=0, n_samples=240, n_clusters=12, n_outliers=60, outlier_ratio=0.25,
                 seconds={"extract": 1.5, "knn": 0.1, "jaccard": 0.3, "dbscan": 0.1}),
@@ -101,6 +103,7 @@ def test_tiny_log_numbers(tmp_path: Path) -> None:
     state = tiny_state(tmp_path)
     assert (state.run, state.preset, state.dataset, state.device, state.world_size) == (
         "tiny-run", "demo", "synthetic", "cpu", 1)
+    assert (state.arch, state.memory) == ("resnet18", "CMhybrid + cameras")  # from the config, as the run panel shows
     # run_start's own epochs/iters, not the config's
     assert (state.total_epochs, state.iters_per_epoch) == (4, 10)
     assert (state.epoch, state.iter) == (2, 4)
@@ -449,3 +452,20 @@ def test_the_running_stage_is_shown_until_iterations_start() -> None:
     reduce_events([Eval(t=90.0, epoch=2, mAP=0.5, cmc=[0.6, 0.7, 0.8])], state)
     assert view.stage_text(state) == ""  # the evaluation's result replaces its stages
     assert not any("extract" in line.text for line in state.log)  # stages are shown, not logged
+
+
+def test_an_infomap_clustering_shows_its_own_parameters_and_steps() -> None:
+    infomap = Cluster(t=1.0, epoch=0, n_samples=80, n_clusters=7, n_outliers=8, outlier_ratio=0.1, method="infomap",
+                      seconds={"extract": 1.5, "knn": 0.25, "links": 0.01, "infomap": 0.125},
+                      params={"min_sim": 0.5, "k": 15, "min_size": 5}, auto=[])
+    state = reduce_events([RunStart(t=0.0, epochs=3, iters=10), infomap])
+    assert "min_sim 0.5 k 15 min_size 5" in view.cluster_text(state).plain and "eps" not in view.cluster_text(state).plain
+    assert state.log[-1].text.endswith("in 1.9 s, min_sim 0.5, k 15, min_size 5")
+    assert view.timings_text(state).plain == "extract 1.50s  knn 0.25s  links 0.01s  infomap 0.12s"
+    assert view.clusters_title(state) == "Clustering · infomap"
+    auto = Cluster(t=2.0, epoch=1, n_samples=80, n_clusters=9, n_outliers=2, outlier_ratio=0.025, method="dbscan",
+                   params={"eps": 0.4312}, auto=["eps"])
+    apply_event(state, auto)
+    assert "eps 0.431 auto" in view.cluster_text(state).plain and state.log[-1].text.endswith("eps 0.431 (auto)")
+    assert view.clusters_title(state) == "Clustering · dbscan"
+    assert view.clusters_title(reduce_events([])) == "Clustering"

@@ -57,3 +57,24 @@ def test_demo_seed_reaches_the_data_and_the_training(tmp_path):
                                        "--runs-dir", str(tmp_path / "r2"), "--json", str(tmp_path / "x.json")])
     assert refused.exit_code == 2 and "train.seed" in refused.output
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "d2").exists()
+
+
+def test_the_grid_range_file_and_the_demo_placement():
+    """demo_range's median/range by hand, then `hhcl demo`'s line for a figure inside, outside, and under other
+    conditions (each condition that differs named), and without a range file."""
+    from hhcl.demo import placement
+
+    mod = figures_module()
+    runs = [fake("AVX512", 2, 1, 0.500), fake("AVX2", 1, 2, 0.530), fake("AVX512", 1, 3, 0.515)]
+    measured = mod.demo_range(runs, "2026-12-02", "abc1234")
+    assert (measured["median"], measured["low"], measured["high"]) == (51.5, 50.0, 53.0)
+    env = {"torch": "2.x", "machine": "x86_64", "cpu_capability": "AVX512", "threads": 2, "seed": 1}
+    inside, text = placement(52.04, env, measured)
+    assert inside is True and text.startswith("HHCL mAP 52.0 is inside the measured range 50.0 to 53.0 (median 51.5")
+    assert "3 runs: AVX2/AVX512 kernels x 1/2 threads x seeds 1/2/3" in text and "differs" not in text
+    assert placement(53.04, env, measured)[0] is True  # printed as 53.0: inside as shown
+    outside, text = placement(47.0, {**env, "torch": "2.15", "cpu_capability": "NEON", "seed": 7}, measured)
+    assert outside is False and "is OUTSIDE the measured range" in text
+    assert text.endswith("differs from those in torch 2.15, NEON kernels, seed 7, so its figure may differ too")
+    assert placement(50.0, env, None) == (None, placement(50.0, env, None)[1])
+    assert "no measured range ships" in placement(50.0, env, None)[1]

@@ -88,10 +88,11 @@ def test_hhcl_eval_errors(tiny_run, tmp_path):
 
     res = runner.invoke(app, ["eval", str(run), "--root", str(root), "--ranklist", "3"])
     assert res.exit_code == 2 and "--out" in words(res)
+    # a checkpoint or dataset that is not there is the user's to fix: exit 2, as in every command
     res = runner.invoke(app, ["eval", str(tmp_path / "missing"), "--root", str(root)])
-    assert res.exit_code == 1 and "does not exist" in words(res)
+    assert res.exit_code == 2 and "does not exist" in words(res)
     res = runner.invoke(app, ["eval", str(run), "--root", str(tmp_path / "nodata"), "--device", "cpu"])
-    assert res.exit_code == 1 and "hhcl prepare synthetic" in words(res)
+    assert res.exit_code == 2 and "hhcl prepare synthetic" in words(res)
 
 
 def _one_gpu(monkeypatch):

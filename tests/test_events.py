@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from hhcl.run.events import (
+    Cluster,
     EpochStart,
     EventTail,
     EventWriter,
@@ -101,3 +102,38 @@ def test_progress_text_names_each_stage():
     assert text("cluster", 3, 3) == "clustering: kNN, Jaccard, DBSCAN done"
     assert (text("memory", 0, 1), text("memory", 1, 1)) == ("memory init...", "memory init done")
     assert text("from_the_future", None, None) == "from_the_future"  # a newer writer's stage: named as is
+
+
+def test_a_clusterers_event_round_trips_and_an_older_cluster_event_reads_as_dbscan(tmp_path):
+    path = tmp_path / "events.jsonl"
+    infomap = Cluster(t=1.0, epoch=0, n_samples=60, n_clusters=7, n_outliers=4, outlier_ratio=0.066667,
+                      seconds={"extract": 1.5, "knn": 0.25, "links": 0.01, "infomap": 0.125}, method="infomap",
+                      params={"min_sim": 0.5, "k": 15, "min_size": 5}, auto=[])
+    dbscan = Cluster(t=2.0, epoch=1, method="dbscan", params={"eps": 0.4312}, auto=["eps"])
+    with EventWriter(path) as log:
+        log.emit(infomap)
+        log.emit(dbscan)
+    raw = read_raw_events(path)
+    assert "eps" not in raw[0] and raw[0]["params"] == {"min_sim": 0.5, "k": 15, "min_size": 5}
+    assert raw[1]["eps"] == 0.4312 and raw[1]["eps_auto"] is True  # DBSCAN still writes the fields readers knew
+    assert read_events(path) == [infomap, dbscan] and isinstance(read_events(path)[0].params["k"], int)
+    old = parse_event({"v": 1, "t": 3.0, "type": "cluster", "epoch": 2, "n_clusters": 9, "eps": 0.6, "eps_auto": False,
+                       "seconds": {"extract": 1.0, "knn": 0.5, "jaccard": 0.25, "dbscan": 0.125}})
+    assert (old.method, old.params, old.auto, old.eps) == ("dbscan", {"eps": 0.6}, [], 0.6)
+    bare = parse_event({"v": 1, "t": 4.0, "type": "cluster", "epoch": 3, "n_clusters": 9})  # e.g. supervised
+    assert (bare.method, bare.params, bare.auto) == (None, None, None)
+    junk = parse_event({"type": "cluster", "t": 5.0, "method": 3, "params": {"k": "15", "min_sim": 0.5}, "auto": "eps"})
+    assert (junk.method, junk.params, junk.auto) == (None, {"min_sim": 0.5}, None)
+
+
+def test_progress_names_its_sub_steps_and_older_cluster_progress_reads_as_dbscans():
+    def text(done, steps=None):
+        return progress_text(Progress(stage="cluster", done=done, total=3, steps=steps))
+
+    steps = ["kNN", "links", "InfoMap"]
+    assert text(0, steps) == "clustering (kNN, links, InfoMap)..."
+    assert text(2, steps) == "clustering: kNN, links done, InfoMap..."
+    assert text(3, steps) == "clustering: kNN, links, InfoMap done"
+    assert text(1) == "clustering: kNN done, Jaccard..."  # written before the steps were named: DBSCAN's
+    sent = Progress(t=1.0, epoch=0, stage="cluster", done=1, total=3, seconds=0.5, steps=steps)
+    assert parse_event(sent.to_dict()) == sent and "steps" not in Progress(t=1.0, stage="memory").to_dict()

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import hhcl
 from hhcl.config import Config
+from hhcl.data import CorruptImageError
 from hhcl.export import EmbedError, ExportError, embed, export, load_embedder
 from hhcl.models import build_model, load_model
 from hhcl.weight_files import CheckpointError, save_weights
@@ -179,7 +180,7 @@ def test_embed_errors_name_the_file(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(EmbedError, match="no images"):
         embed(run_dir, folder, tmp_path / "o.npy")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(EmbedError, match=r"broken\.jpg"):
+    with pytest.raises(CorruptImageError, match=r"broken\.jpg"):  # met on the way, as in every command: a failure
         embed(run_dir, folder, tmp_path / "o.npy", device="cpu")
     with pytest.raises(EmbedError, match=r"\.npy"):
         embed(run_dir, folder, tmp_path / "o.csv")
@@ -232,7 +233,7 @@ def test_cli_export_and_embed(run_dir: Path, tmp_path: Path) -> None:
     done = runner.invoke(
         app, ["export", str(tmp_path / "junk.pth.tar"), "--format", "onnx", "--out", "x.onnx"]
     )
-    assert done.exit_code == 1 and "junk.pth.tar" in done.output
+    assert done.exit_code == 2 and "junk.pth.tar" in done.output  # the user gave a file that is no checkpoint
     done = runner.invoke(app, ["export", str(run_dir), "--format", "tflite", "--out", "x.tflite"])
     assert done.exit_code == 2
 

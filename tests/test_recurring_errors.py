@@ -70,8 +70,8 @@ def test_dry_run_states_what_the_batch_needs_and_refuses_one_no_clustering_can_f
             "--set", "train.device=cpu", "--dry-run"]
     ok = runner.invoke(app, base)
     assert ok.exit_code == 0, ok.output
-    # the synthetic set has 53 train images; the demo batch is 64 = 8 clusters x 8
-    assert "a batch of 64 = 8 clusters x 8 images: every clustering of the 53 train images must find at least 8 " \
+    # the synthetic set has 53 train images; the demo batch is 64 = 16 clusters x 4
+    assert "a batch of 64 = 16 clusters x 4 images: every clustering of the 53 train images must find at least 16 " \
            "clusters of 2+ images" in " ".join(ok.output.split())
     big = runner.invoke(app, [*base, "--set", "data.batch_size=256", "--set", "data.num_instances=4",
                               "--set", "model.bn_group=0"])

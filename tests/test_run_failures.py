@@ -115,7 +115,7 @@ def test_a_hand_edited_config_is_refused_on_resume(finished, tmp_path):
     config = run / "config.toml"
     config.write_text(config.read_text().replace("eps = 0.7", "eps = 0.55"))
     result = resume(run, "train.epochs=2")
-    assert_recorded_error(run, result, code=1, text="cluster.eps: 0.7 -> 0.55")
+    assert_recorded_error(run, result, code=2, text="cluster.eps: 0.7 -> 0.55")  # a ResumeError: the user's fix
 
 
 def test_weights_and_state_from_different_saves_are_refused(finished, synth_root, tmp_path):
@@ -124,7 +124,7 @@ def test_weights_and_state_from_different_saves_are_refused(finished, synth_root
     assert Trainer(tiny(synth_root, "train.iters=2"), other).fit().status == "ok"
     shutil.copy(other / "checkpoints" / "last.state.pt", run / "checkpoints" / "last.state.pt")
     result = resume(run, "train.epochs=2")
-    assert_recorded_error(run, result, code=1, text="were not written together")
+    assert_recorded_error(run, result, code=2, text="were not written together")
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,8 @@ def test_a_damaged_checkpoint_is_refused_by_the_cli_without_a_traceback(finished
     run = copy_of(finished, tmp_path)
     damage(run / "checkpoints")
     result = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=2"])
-    assert result.exit_code == 1 and text in result.output and "Traceback" not in result.output
+    # as a damaged checkpoint given to hhcl eval: the user restores the file or starts again (exit 2)
+    assert result.exit_code == 2 and text in result.output and "Traceback" not in result.output
     assert "continue with" not in result.output  # resuming again would fail the same way
     assert last_two(run)[-1]["status"] == "error"
 

@@ -9,7 +9,7 @@ import pytest
 from textual.widgets import Button, Input, Select, Static
 
 from hhcl.config import PRESETS_DIR, ConfigError, load_config, preset_names
-from hhcl_tui.wizard import GPUS, WizardApp, WizardForm, detect_datasets
+from hhcl_tui.wizard import FIELDS, GPUS, WizardApp, WizardForm, detect_datasets
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -209,3 +209,35 @@ async def test_wizard_preset_switch_and_dataset_detection(data_root: Path) -> No
         assert app.query_one("#f-cluster-eps", Input).value == "0.5"
         assert app.query_one("#f-model-arch", Select).value == "resnet18"
         assert app.form.preset == "demo" and app.form.valid
+
+
+def test_the_form_shows_the_picked_clustering_methods_own_settings(data_root: Path) -> None:
+    form = WizardForm("market", data_root)
+    shown = [f.key for f in FIELDS if form.shown(f) and f.key.startswith("cluster.")]
+    assert shown == ["cluster.method", "cluster.eps"]
+    assert form.set("cluster.infomap_min_sim", "2") is None and form.valid  # another method's: not applied
+    form.set("cluster.method", "infomap")
+    shown = [f.key for f in FIELDS if form.shown(f) and f.key.startswith("cluster.")]
+    assert shown == ["cluster.method", "cluster.infomap_min_sim", "cluster.infomap_k", "cluster.infomap_min_size"]
+    assert "cluster.infomap_min_sim = 2.0 is not allowed" in form.errors["cluster.infomap_min_sim"]
+    form.set("cluster.infomap_min_sim", "0.6")
+    assert form.set("cluster.eps", "x") is None and form.valid  # DBSCAN's eps is irrelevant now
+    cfg = tomllib.loads(form.toml())["cluster"]
+    assert (cfg["method"], cfg["infomap_min_sim"], cfg["eps"]) == ("infomap", 0.6, 0.45)
+    assert [f.label for f in FIELDS if form.shown(f) and f.method] == ["InfoMap min sim", "InfoMap k", "InfoMap min size"]
+
+
+@pytest.mark.asyncio
+async def test_picking_infomap_swaps_the_clustering_fields(data_root: Path) -> None:
+    app = WizardApp(preset="market", data_root=data_root, out=Path("im.toml"))
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        assert app.query_one("#r-cluster-eps").display and not app.query_one("#r-cluster-infomap_k").display
+        app.query_one("#f-cluster-method", Select).value = "infomap"
+        await pilot.pause()
+        assert not app.query_one("#r-cluster-eps").display and app.query_one("#r-cluster-infomap_k").display
+        await fill(pilot, app, "f-cluster-infomap_k", "20")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    saved = tomllib.loads(Path("im.toml").read_text())["cluster"]
+    assert (saved["method"], saved["infomap_k"]) == ("infomap", 20)

@@ -1,4 +1,5 @@
-"""Clustering engine: exact kNN, sparse k-reciprocal Jaccard, DBSCAN on the eps-graph, test-time re-ranking."""
+"""Clustering engine: exact kNN, sparse k-reciprocal Jaccard, DBSCAN on the eps-graph, test-time re-ranking; the
+clusterer table (``cluster.method``: DBSCAN, InfoMap) is ``hhcl.cluster.methods``."""
 
 from __future__ import annotations
 

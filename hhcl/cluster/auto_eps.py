@@ -13,6 +13,7 @@ from torch import Tensor
 
 from hhcl.cluster.jaccard import check_params, jaccard_pairs
 from hhcl.cluster.knn import check_features, neighbours, resolve_backend, sparse_threads
+from hhcl.errors import UsageError
 
 RHO = 1.6e-3  # MMT (Ge et al., ICLR 2020) and its UDA strong baseline
 #: distances below this are a duplicate pair's zero up to float rounding (the reference drops exact zeros; its
@@ -20,8 +21,9 @@ RHO = 1.6e-3  # MMT (Ge et al., ICLR 2020) and its UDA strong baseline
 ZERO = 1e-6
 
 
-class AutoEpsError(ValueError):
-    """The data is too small for the rule (fewer pairs than one in 1/rho); says to set cluster.eps by hand."""
+class AutoEpsError(UsageError, ValueError):
+    """The data is too small for the rule (fewer pairs than one in 1/rho); says to set cluster.eps by hand. A usage
+    error."""
 
 
 def eps_from_distances(d: Tensor, n: int, rho: float = RHO) -> float:

@@ -1,4 +1,5 @@
-"""Pseudo labels for one epoch: exact kNN -> k-reciprocal Jaccard eps-graph -> DBSCAN, timed per stage."""
+"""Pseudo labels for one epoch: exact kNN -> k-reciprocal Jaccard eps-graph -> DBSCAN, timed per stage; and
+``DBSCAN``, the ``cluster.method = dbscan`` entry of the clusterer table (HHCL's own clustering)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from hhcl.cluster.auto_eps import auto_eps
+from hhcl.cluster.clusterer import AfterStep, ClusterResult, Loosening
 from hhcl.cluster.dbscan import dbscan_graph
 from hhcl.cluster.jaccard import check_params, jaccard_pairs, order_cuts
 from hhcl.cluster.knn import check_features, neighbours, resolve_backend, sparse_threads, timed
+from hhcl.config import ClusterConfig
+
+#: DBSCAN's sub-steps, in order (``after_step`` names; their seconds are keyed knn, jaccard, dbscan)
+STEPS = ("kNN", "Jaccard", "DBSCAN")
 
 
 @dataclass
@@ -40,7 +47,7 @@ def pseudo_labels(
 
     Labels equal sklearn DBSCAN(eps, min_samples, metric='precomputed') on the dense reference Jaccard matrix,
     but only pairs with distance <= eps are ever formed. No clusters at all is a valid result (n_clusters 0).
-    ``after_step(name)`` is called after the kNN and the Jaccard sub-stages (names from CLUSTER_STEPS); it may
+    ``after_step(name)`` is called after the kNN and the Jaccard sub-stages (names from STEPS); it may
     raise to abandon the clustering there (a stop asked during a long clustering).
     """
     done = after_step or (lambda name: None)
@@ -73,3 +80,51 @@ def pseudo_labels(
         seconds={"knn": t_knn, "jaccard": t_jac, "dbscan": t_db},
         eps=float(eps),
     )
+
+
+class Dbscan:
+    """``cluster.method = dbscan``: :func:`pseudo_labels` with ``cluster.eps`` (or the eps ``auto`` chose at the
+    run's first clustering, carried over), ``k1``, ``k2``, ``min_samples`` and ``knn_backend``."""
+
+    name = "dbscan"
+    title = "DBSCAN"
+    steps = STEPS
+
+    def require(self) -> None:
+        """Nothing beyond the base install."""
+
+    def cluster(
+        self, features: Tensor, config: ClusterConfig, *, after_step: AfterStep, carry: float | None
+    ) -> ClusterResult:
+        """The eps (``after_step("eps")`` once it is known), then :func:`pseudo_labels` with it."""
+        auto = config.eps == "auto"
+        if not auto:
+            eps = float(config.eps)
+        elif carry is None:
+            eps = auto_eps(features, k1=config.k1, k2=config.k2, knn_backend=config.knn_backend)
+        else:
+            eps = carry
+        after_step("eps")
+        res = pseudo_labels(
+            features, k1=config.k1, k2=config.k2, eps=eps, min_samples=config.min_samples,
+            knn_backend=config.knn_backend, after_step=after_step,
+        )
+        return ClusterResult(
+            labels=res.labels, seconds=res.seconds, params={"eps": eps}, auto=("eps",) if auto else (),
+            carry=eps if auto else None,
+        )
+
+    def setting(self, config: ClusterConfig, carry: float | None) -> str:
+        if config.eps == "auto":
+            return "cluster.eps=auto" + (f" (chose {carry:.4g})" if carry is not None else "")
+        return f"cluster.eps={float(config.eps):g}"
+
+    def advice(self, config: ClusterConfig) -> str:
+        return f"a larger eps, a smaller cluster.min_samples ({config.min_samples})"
+
+    def loosen(self, config: ClusterConfig, carry: float | None) -> Loosening:
+        eps = carry if config.eps == "auto" else float(config.eps)
+        return Loosening("a larger eps", {"cluster.eps": round(min(0.95, (eps or 0.5) + 0.1), 2)})
+
+
+DBSCAN = Dbscan()

@@ -14,9 +14,12 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from hhcl.errors import UsageError
 
-class UnsafeArchiveError(ValueError):
-    """An archive member would escape the destination (absolute path, ``..``, a link out, a device)."""
+
+class UnsafeArchiveError(UsageError, ValueError):
+    """An archive member would escape the destination (absolute path, ``..``, a link out, a device). A usage
+    error: the archive given is refused."""
 
 
 def is_archive(path: Path) -> bool:

@@ -25,6 +25,7 @@ from hhcl.data.samples import (
     list_images,
     relabel,
 )
+from hhcl.errors import ArgumentError
 
 MANIFEST = "manifest.json"
 MARKET_SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
@@ -213,7 +214,7 @@ REGISTRY: dict[str, DatasetSpec] = {
 def get_spec(name: str) -> DatasetSpec:
     """The registered dataset ``name`` (a clear error listing the known names otherwise)."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(REGISTRY)}")
+        raise ArgumentError(f"unknown dataset {name!r}: expected one of {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 

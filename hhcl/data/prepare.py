@@ -25,6 +25,7 @@ from hhcl.atomic import atomic_write_text
 from hhcl.data.archive import UnsafeArchiveError, is_archive, safe_extract
 from hhcl.data.datasets import (
     MANIFEST,
+    DatasetFormatError,
     DatasetNotFoundError,
     DatasetSpec,
     build_dataset,
@@ -168,7 +169,7 @@ def _place(
         return _placed_top(base, spec), False
     src = Path(src).expanduser()
     if not src.exists():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"--src {src} does not exist: give the {name} archive (.zip/.tar[.gz]) or its folder"
         )
     source = str(src.resolve())
@@ -176,7 +177,7 @@ def _place(
         return base / manifest["top"], False  # already placed from this source
     if src.is_file():
         if not is_archive(src):
-            raise ValueError(f"--src {src} is neither a folder nor a zip/tar archive")
+            raise DatasetFormatError(f"--src {src} is neither a folder nor a zip/tar archive")
         marker = base / ".extracted"
         if marker.is_file() and marker.read_text() == source and (base / EXTRACT_DIR).is_dir():
             return locate_top(base / EXTRACT_DIR, spec), False  # extracted before, caching was interrupted
@@ -224,7 +225,7 @@ def prepare_dataset(
         raise ValueError("the synthetic dataset is generated, not prepared from files: use prepare_synthetic")
     base = Path(root) / name
     if src is not None and not Path(src).expanduser().exists():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"--src {src} does not exist: give the {name} archive (.zip/.tar[.gz]) or its folder"
         )
     manifest = _recorded(Path(root), name)
@@ -341,13 +342,15 @@ def prepare_synthetic(
     cams: int = 4,
     seed: int = 0,
     camera_bias: float = 0.0,
+    site: int | None = None,
     height: int = 128,
     width: int = 64,
     progress: bool = True,
 ) -> PrepareReport:
-    """Generate the synthetic people (Market layout, deterministic in ``seed`` and ``camera_bias``, see
-    :mod:`hhcl.data.synthetic`) under ``<root>/synthetic/`` and cache them at ``height`` x ``width`` (default:
-    the native 128x64). The manifest's options record all four; regenerates only when they change."""
+    """Generate the synthetic people (Market layout, deterministic in ``seed``, ``camera_bias`` and ``site``, the
+    cameras' own seed; see :mod:`hhcl.data.synthetic`) under ``<root>/synthetic/`` and cache them at ``height`` x
+    ``width`` (default: the native 128x64). The manifest's options record all five; regenerates only when they
+    change."""
     from hhcl.data.synthetic import check_camera_bias, generate
 
     start = time.perf_counter()
@@ -355,12 +358,13 @@ def prepare_synthetic(
     spec = get_spec("synthetic")
     base = Path(root) / "synthetic"
     top = base / spec.tops[0]
-    opts = {"ids": ids, "cams": cams, "seed": seed, "camera_bias": float(camera_bias)}
+    opts = {"ids": ids, "cams": cams, "seed": seed, "camera_bias": float(camera_bias), "site": site}
     manifest = read_manifest(Path(root), "synthetic")
-    recorded = {"camera_bias": 0.0, **(manifest or {}).get("options", {})}  # data from before the knob: bias 0
+    # data from before a knob: bias 0, cameras drawn from the seed
+    recorded = {"camera_bias": 0.0, "site": None, **(manifest or {}).get("options", {})}
     fresh = not (manifest and recorded == opts and has_layout(top, spec))
     if fresh:
-        files = generate(ids, cams, seed, camera_bias)
+        files = generate(ids, cams, seed, camera_bias, site)
         tmp = top.with_name(top.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         _write_images(tmp, files)

@@ -15,12 +15,13 @@ import math
 
 import torch
 
+from hhcl.errors import FailureError
 from hhcl.words import plural
 
 
-class BatchUnfillableError(ValueError):
+class BatchUnfillableError(FailureError, ValueError):
     """The clusters cannot fill one batch: a pass of the sampler yields ``per_pass`` images, fewer than
-    ``batch_size``. ``groups`` counts the clusters (or camera-aware proxies) it drew from."""
+    ``batch_size``. ``groups`` counts the clusters (or camera-aware proxies) it drew from. A failure (of that epoch's clustering)."""
 
     def __init__(
         self, per_pass: int, groups: int, batch_size: int, what: tuple[str, str] = ("cluster", "clusters")

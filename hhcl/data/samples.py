@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from hhcl.errors import UsageError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -15,12 +17,14 @@ class Sample(NamedTuple):
     camid: int
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is missing or not prepared; the message names the expected path and the prepare command."""
+class DatasetNotFoundError(UsageError, FileNotFoundError):
+    """A dataset (or its --src) is missing or not prepared; the message names the expected path and the prepare
+    command. A usage error."""
 
 
-class DatasetFormatError(ValueError):
-    """Files exist but break the dataset's layout rules (bad name, out-of-range camera); names the file."""
+class DatasetFormatError(UsageError, ValueError):
+    """Files exist but break the dataset's layout rules (bad name, out-of-range camera, a --src that is neither
+    a folder nor an archive); names the file. A usage error."""
 
 
 def is_image(path: Path) -> bool:

@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 from hhcl.atomic import atomic_write_text
 from hhcl.data.datasets import ReIDDataset, Sample
 from hhcl.diskspace import disk_error, is_disk_full, require_free, reserve
+from hhcl.errors import FailureError
 
 CHUNK = 512
 #: how images are decoded into a cache, stamped into its index: 2 = EXIF orientation applied, 16-bit and float
@@ -42,8 +43,9 @@ CACHE_FIX = (
 )
 
 
-class CorruptImageError(ValueError):
-    """One or more images cannot be decoded; the message names every file."""
+class CorruptImageError(FailureError, ValueError):
+    """One or more images cannot be decoded; the message names every file. A failure: found while working through
+    the data, not in what the command was given."""
 
     def __init__(self, paths: Sequence[str], hint: str = ""):
         self.paths = list(paths)

@@ -21,10 +21,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hhcl.errors import UsageError
+
 TOPK = 100  # CMC length, as the reference's cmc(topk=100)
 NBINS = 4096  # histogram bins per row between min(0, chunk minimum) and the query's farthest positive
 CHUNK_ELEMS = 1 << 22  # distance entries per query chunk (the bin indices take 8 bytes each)
 _FIX_ELEMS = 1 << 21  # (selected item x threshold) comparisons per exact-fix block
+
+
+class NoTrueMatchError(UsageError, ValueError):
+    """No query has a true match in the gallery (a gallery item of its identity from another camera), so nothing
+    can be scored; the query/gallery identities or camera ids are wrong. A usage error: the data is the fix."""
 
 
 def as_tensor(x: Any, *, device: torch.device | None = None, name: str = "array") -> Tensor:
@@ -205,7 +212,7 @@ class RankAccumulator:
         valid = torch.cat(self._valid) if self._valid else torch.zeros(0, dtype=torch.bool)
         n_valid = int(valid.sum())
         if n_valid == 0:
-            raise ValueError(
+            raise NoTrueMatchError(
                 f"no query has a valid positive among {self.num_gallery} gallery items (a gallery item with the "
                 "same pid from another camera): check the query/gallery pids and camera ids"
             )
@@ -280,7 +287,7 @@ def chance_metrics(
     r = (n_same - n_junk).double()
     keep = r > 0  # as rank_metrics: a query without a true match is not scored
     if not bool(keep.any()):
-        raise ValueError("no query has a true match in the gallery (same pid, another camera): chance is undefined")
+        raise NoTrueMatchError("no query has a true match in the gallery (same pid, another camera): chance is undefined")
     n, r = n[keep], r[keep]
     harmonic = torch.cumsum(1.0 / torch.arange(1, int(n.max()) + 1, dtype=torch.float64), 0)
     h = harmonic[n.long() - 1]

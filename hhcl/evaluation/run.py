@@ -15,6 +15,7 @@ import torch
 from hhcl.config import AMP_MODES, Config
 from hhcl.data import build_dataset, open_split
 from hhcl.distributed import resolve_device
+from hhcl.errors import UsageError
 from hhcl.evaluation.features import pairwise_sq_dist
 from hhcl.evaluation.metrics import chance_metrics
 from hhcl.evaluation.query_gallery import evaluate_features, reranked_metrics, split_features
@@ -23,8 +24,9 @@ from hhcl.visualize import sample_queries, save_ranklists
 from hhcl.words import plural
 
 
-class EvalError(ValueError):
-    """The evaluation cannot run as asked (no dataset named, no query/gallery split); says what to pass."""
+class EvalError(UsageError, ValueError):
+    """The evaluation cannot run as asked (no dataset named, no query/gallery split); says what to pass. A usage
+    error."""
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from hhcl.config import Config, ConfigError, from_dict
+from hhcl.models.backbones import arch_of, signature
 from hhcl.models.reid import ReIDNet, build_model
 from hhcl.run.layout import CHECKPOINTS, RunLayout, find_checkpoint
 from hhcl.weight_files import CheckpointError, load_state_dict, read_state_dict
@@ -24,9 +25,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
-
-# (bottleneck blocks?, blocks in layer3) -> torchvision architecture
-_BY_SHAPE = {(True, 6): "resnet50", (True, 23): "resnet101", (False, 2): "resnet18", (False, 6): "resnet34"}
 
 
 @dataclass
@@ -50,14 +48,12 @@ def infer_architecture(state: Mapping[str, torch.Tensor], path: Path) -> tuple[s
         raise CheckpointError(
             f"checkpoint '{path}' is not an hhcl/HHCL re-ID model: no 'base.0.weight' key (first keys: {first})"
         )
-    if any(".bn1.IN." in k for k in state):
-        arch = "resnet50_ibn_a"
-    else:
-        blocks = len({k.split(".")[2] for k in state if k.startswith("base.6.")})
-        bottleneck = any(k.startswith("base.4.0.conv3.") for k in state)
-        if (bottleneck, blocks) not in _BY_SHAPE:
-            raise CheckpointError(f"checkpoint '{path}': unknown backbone ({blocks} blocks in layer3)")
-        arch = _BY_SHAPE[(bottleneck, blocks)]
+    arch = arch_of(state)
+    if arch is None:
+        block, layers = signature(state)
+        raise CheckpointError(
+            f"checkpoint '{path}': unknown backbone ({block} blocks, {'/'.join(map(str, layers))} per stage)"
+        )
     pooling = "gem" if "gap.p" in state else "avg"
     num_features = int(state["feat.weight"].shape[0]) if "feat.weight" in state else 0
     return arch, pooling, num_features

@@ -7,24 +7,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision.models as tvm
 from torch import nn
 from torch.nn import init
 
+from hhcl.models.backbones import BACKBONES
 from hhcl.models.ghost_bn import convert_ghost_bn
 from hhcl.models.pooling import build_pooling
-from hhcl.models.resnet_ibn_a import resnet50_ibn_a
 from hhcl.models.weights import WeightsNotFoundError, imagenet_weights_file
 from hhcl.weight_files import CheckpointError, load_weights
-
-ARCH_BUILDERS = {
-    "resnet18": tvm.resnet18,
-    "resnet34": tvm.resnet34,
-    "resnet50": tvm.resnet50,
-    "resnet101": tvm.resnet101,
-    "resnet50_ibn_a": resnet50_ibn_a,
-}
-_DEEP = ("resnet50", "resnet101", "resnet50_ibn_a")
 
 
 class ReIDNet(nn.Module):
@@ -32,17 +22,16 @@ class ReIDNet(nn.Module):
 
     ``forward`` takes a normalised float batch ``[B, 3, H, W]`` and returns L2-normalised embeddings
     ``[B, feature_dim]`` in train and eval mode (reference 2.4); dropout (train mode only) comes after.
+    ``out_planes`` is the backbone's channels out of layer4 (its table entry's ``feature_dim``).
     """
 
     def __init__(
-        self, backbone: nn.Module, pooling: nn.Module, num_features: int = 0, dropout: float = 0.0
+        self, backbone: nn.Module, pooling: nn.Module, num_features: int = 0, dropout: float = 0.0, *, out_planes: int
     ) -> None:
         super().__init__()
         b = backbone
         self.base = nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool, b.layer1, b.layer2, b.layer3, b.layer4)
         self.gap = pooling
-        last = b.layer4[-1]
-        out_planes = (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
         if num_features > 0:
             self.feat = nn.Linear(out_planes, num_features)
             init.kaiming_normal_(self.feat.weight, mode="fan_out")
@@ -110,13 +99,15 @@ def build_model(
     gem_p: float = 3.0,
     gem_learnable: bool = True,
 ) -> ReIDNet:
-    """The reference's re-ID net: ``arch`` backbone (last stride 1 for depth >= 50), pooling, BN neck.
+    """The reference's re-ID net: ``arch`` backbone (an entry of ``BACKBONES``: last stride 1 for depth >= 50),
+    pooling, BN neck.
 
     ``pretrained``: "imagenet" (torchvision IMAGENET1K_V1, or the local IBN-Net file), "none" (reference init),
     or a path to .pth/.pth.tar/.safetensors. ``bn_group`` > 0 turns every BatchNorm into ghost BN of that size.
     """
-    if arch not in ARCH_BUILDERS:
-        raise ValueError(f"model.arch = {arch!r} is not allowed: use one of {', '.join(ARCH_BUILDERS)}")
+    spec = BACKBONES.get(arch)
+    if spec is None:
+        raise ValueError(f"model.arch = {arch!r} is not allowed: use one of {', '.join(BACKBONES)}")
     source = None
     if pretrained == "imagenet":
         source = str(imagenet_weights_file(arch))
@@ -127,12 +118,12 @@ def build_model(
                 ".safetensors file, or use imagenet or none."
             )
         source = str(Path(pretrained).expanduser())
-    backbone = ARCH_BUILDERS[arch]()
-    if arch in _DEEP:
-        backbone.layer4[0].conv2.stride = (1, 1)
-        backbone.layer4[0].downsample[0].stride = (1, 1)
     model = ReIDNet(
-        backbone, build_pooling(pooling, gem_p=gem_p, gem_learnable=gem_learnable), num_features, dropout
+        spec.backbone(),
+        build_pooling(pooling, gem_p=gem_p, gem_learnable=gem_learnable),
+        num_features,
+        dropout,
+        out_planes=spec.feature_dim,
     )
     if source is None:
         model.reset_params()

@@ -24,8 +24,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from hhcl.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, remove_stray_tmp, write_tmp
-from hhcl.config import Config, ConfigError, check_key, from_dict, load_config
+from hhcl.config import RESUMABLE_KEYS, Config, ConfigError, check_key, from_dict, load_config
 from hhcl.diskspace import require_free
+from hhcl.errors import UsageError
 from hhcl.faults import fault_point
 from hhcl.run.layout import CHECKPOINTS, LAST_STATE, LAST_WEIGHTS, RunLayout
 from hhcl.run.state import StateError, TrainingState, capture_rng, load_state, restore_rng, state_bytes
@@ -36,15 +37,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-#: keys that may change when a run is resumed; none changes what the run computes (tensorboard only adds a
-#: log writer; train.epochs may not go below what the checkpoint has trained: resume_epochs_error)
-RESUMABLE_KEYS = (
-    "train.epochs", "train.eval_every", "train.device", "train.tensorboard", "data.root", "data.workers"
-)
-
-
-class ResumeError(RuntimeError):
-    """A run cannot be resumed as it is on disk; the message names the files and what to do."""
+class ResumeError(UsageError, RuntimeError):
+    """A run cannot be resumed as it is on disk; the message names the files and what to do. A usage error: the
+    run directory given holds a damaged or mismatched checkpoint (as :class:`CheckpointError` for a file)."""
 
 
 def resume_config(run_dir: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -91,7 +91,13 @@ class EpochStart(Event):
 
 @dataclass(kw_only=True)
 class Cluster(Event):
-    """One epoch's pseudo labels: cluster and outlier counts, the eps used, seconds per stage."""
+    """One epoch's pseudo labels: cluster and outlier counts, the method (``cluster.method``) and the parameters it
+    clustered with, by their short names (``hhcl.config.ClusterParam.name``), seconds per stage (``extract``, then
+    the method's sub-steps in order).
+
+    ``eps``/``eps_auto`` are DBSCAN's eps and whether ``cluster.eps = auto`` chose it, the fields of logs written
+    before ``method``/``params``: such a log reads as DBSCAN with that eps, and a DBSCAN event still writes them.
+    """
 
     type: ClassVar[str] = "cluster"
     epoch: int | None = None
@@ -100,11 +106,21 @@ class Cluster(Event):
     n_outliers: int | None = None
     outlier_ratio: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    method: str | None = None
+    params: dict[str, int | float] | None = None
+    auto: list[str] | None = None  # the params chosen from the data (at the run's first clustering)
     eps: float | None = None
-    eps_auto: bool | None = None  # eps was chosen by cluster.eps = auto (at the run's first clustering)
+    eps_auto: bool | None = None
     #: pseudo-label quality against the train set's identities when it has them (ari, nmi, precision, recall);
     #: a diagnostic the training never uses
     quality: dict[str, float | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.params is None and self.eps is not None:  # written before the clusterer table: DBSCAN's
+            self.method = self.method or "dbscan"
+            self.params, self.auto = {"eps": self.eps}, ["eps"] if self.eps_auto else []
+        elif self.params is not None and "eps" in self.params and self.eps is None:
+            self.eps, self.eps_auto = float(self.params["eps"]), "eps" in (self.auto or [])
 
 
 @dataclass(kw_only=True)
@@ -194,14 +210,16 @@ PROGRESS_STAGES = {
 }
 #: the stages whose ``done``/``total`` count images
 COUNTED_STAGES = ("extract_train", "extract_query", "extract_gallery")
-#: the sub-stages of "cluster", in order: its ``done`` counts how many of them have finished
-CLUSTER_STEPS = ("kNN", "Jaccard", "DBSCAN")
+#: the sub-stages of "cluster" in a log whose progress events do not name them (written before the clusterer
+#: table: DBSCAN's); newer events carry their clusterer's in ``steps``
+OLD_CLUSTER_STEPS = ("kNN", "Jaccard", "DBSCAN")
 
 
 @dataclass(kw_only=True)
 class Progress(Event):
     """A long stage of an epoch's set-up or of an evaluation (a PROGRESS_STAGES key) moved on: ``done`` of
-    ``total`` (images for extraction, CLUSTER_STEPS for clustering, 0 then 1 otherwise), ``seconds`` in it so far.
+    ``total`` (images for extraction, the clusterer's sub-steps for clustering, named in ``steps``, 0 then 1
+    otherwise), ``seconds`` in it so far.
 
     A stage starts with ``done`` 0 and ends with ``done == total``; under DDP the counts are rank 0's.
     """
@@ -212,6 +230,7 @@ class Progress(Event):
     done: int | None = None
     total: int | None = None
     seconds: float | None = None
+    steps: list[str] | None = None  # a stage made of named sub-steps (clustering): their names, in order
 
 
 EVENT_CLASSES: dict[str, type[Event]] = {
@@ -240,11 +259,12 @@ def progress_text(event: Progress) -> str:
     done, total = event.done, event.total
     if done is None or total is None:
         return label
-    if event.stage == "cluster" and total == len(CLUSTER_STEPS):
+    steps = event.steps or (OLD_CLUSTER_STEPS if event.stage == "cluster" else [])
+    if steps and len(steps) == total:
         if done <= 0:
-            return f"{label} ({', '.join(CLUSTER_STEPS)})..."
-        finished = f"{', '.join(CLUSTER_STEPS[:done])} done"
-        return f"{label}: {finished}" + (f", {CLUSTER_STEPS[done]}..." if done < total else "")
+            return f"{label} ({', '.join(steps)})..."
+        finished = f"{', '.join(steps[:done])} done"
+        return f"{label}: {finished}" + (f", {steps[done]}..." if done < total else "")
     if event.stage in COUNTED_STAGES:
         return f"{label} {done:,}/{total:,}"
     return f"{label} done" if done >= total else f"{label}..."

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hhcl.atomic import atomic_write_bytes, atomic_write_text
+from hhcl.errors import UsageError
 from hhcl.run.layout import RunLayout
 
 TRAIN_INDEX = "train.tsv"
@@ -42,8 +43,9 @@ def unquote_name(text: str) -> str:
     return _QUOTED.sub(lambda m: _UNQUOTE[m.group()], text)
 
 
-class LabelsError(ValueError):
-    """The run keeps no labels for what was asked (or they do not fit its image list); says what exists."""
+class LabelsError(UsageError, ValueError):
+    """The run keeps no labels for what was asked (or they do not fit its image list); says what exists. A usage
+    error."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hhcl.errors import UsageError
 from hhcl.run.lock import check_free
 
 CONFIG_FILE = "config.toml"
@@ -27,8 +28,9 @@ LABELS = "labels"  # each epoch's pseudo labels (epoch_001.npy, ...) and the tra
 TENSORBOARD = "tensorboard"  # TensorBoard scalars of the run (train.tensorboard = true, or `hhcl tensorboard`)
 
 
-class RunDirError(ValueError):
-    """A run directory that cannot be used as asked; the message names it and says what to do instead."""
+class RunDirError(UsageError, ValueError):
+    """A run directory that cannot be used as asked; the message names it and says what to do instead. A usage
+    error."""
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hhcl.atomic import fsync_dir
+from hhcl.errors import UsageError
 
 
-class RunLockedError(RuntimeError):
-    """Another live process writes this run directory; the message names its pid and host."""
+class RunLockedError(UsageError, RuntimeError):
+    """Another live process writes this run directory; the message names its pid and host. A usage error: pick
+    another run directory, or wait."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class LockHolder:
 
 
 class RunDirUnwritableError(RunLockedError):
-    """The run directory cannot be written here (read-only file system, no permission): no process can own it."""
+    """The run directory cannot be written here (read-only file system, no permission): no process can own it. A
+    usage error."""
 
 
 def this_host() -> str:

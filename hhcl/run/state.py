@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from hhcl.atomic import torch_bytes
+from hhcl.errors import UsageError
 
 
-class StateError(RuntimeError):
-    """A training state file that cannot be used; the message names the file and what to do."""
+class StateError(UsageError, RuntimeError):
+    """A training state file that cannot be used; the message names the file and what to do. A usage error, as a
+    damaged checkpoint is."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from hhcl.atomic import atomic_write_bytes
 from hhcl.data.datasets import Sample
 from hhcl.data.store import DECODE_VERSION, ImageStore
+from hhcl.errors import UsageError
 from hhcl.evaluation.features import extract_features, model_device
 from hhcl.export import EmbedError, list_images
 
@@ -32,8 +33,8 @@ GALLERY_HINT = "remove or replace these files in the gallery folder, then run `h
 _FIELDS = ("paths", "sizes", "mtimes", "features", "weights_sha256")
 
 
-class SearchError(ValueError):
-    """``hhcl search`` cannot run as asked; the message names the path or value and the fix."""
+class SearchError(UsageError, ValueError):
+    """``hhcl search`` cannot run as asked; the message names the path or value and the fix. A usage error."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from hhcl.atomic import atomic_write_text
+from hhcl.data.store import CorruptImageError
 from hhcl.distributed import resolve_device
 from hhcl.export import EmbedError, list_images
 from hhcl.models.loading import load_model
@@ -165,7 +166,10 @@ def search(
     flip = cfg.eval.flip if cfg is not None else False
     amp = cfg.train.amp if cfg is not None else "off"
     opts = {"height": info.height, "width": info.width, "batch_size": batch_size, "flip": flip, "amp": amp}
-    qf = embed_files(model, queries_in, **opts, hint=QUERY_HINT)
+    try:
+        qf = embed_files(model, queries_in, **opts, hint=QUERY_HINT)
+    except CorruptImageError as err:  # a query is an argument, not data met on the way: the user gave a non-image
+        raise SearchError(str(err)) from None
     sha = file_sha256(weights)
     cache_file, note = cache_location(gallery, model_key(sha, info.height, info.width, flip, amp))
     g = embed_gallery(model, gallery, files, cache_file, sha, **opts, progress=progress)

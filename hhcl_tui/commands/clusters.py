@@ -9,8 +9,10 @@ import typer
 
 from hhcl.words import plural
 from hhcl_tui.common import console, fail
+from hhcl_tui.errors import cli_errors
 
 
+@cli_errors
 def clusters(
     run: Annotated[Path, typer.Argument(help="run directory (runs/<name>)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the contact sheets")],
@@ -25,18 +27,14 @@ def clusters(
     sizes.
     """
     from hhcl.cluster_sheets import draw_run_clusters
-    from hhcl.run.labels import LabelsError
 
     if epoch is not None and epoch < 1:
         raise fail(f"--epoch {epoch}: epochs are numbered from 1, as the log shows them")
     if top < 1 or per_cluster < 1:
         raise fail("--clusters and --per-cluster must be 1 or more")
-    try:
-        shown, report, quality = draw_run_clusters(
-            run, out, epoch=None if epoch is None else epoch - 1, root=root, clusters=top, per_cluster=per_cluster
-        )
-    except (LabelsError, ValueError) as err:
-        raise fail(str(err)) from None
+    shown, report, quality = draw_run_clusters(
+        run, out, epoch=None if epoch is None else epoch - 1, root=root, clusters=top, per_cluster=per_cluster
+    )
     console.print(
         f"epoch {shown + 1}: {plural(report.n_clusters, 'cluster')}, {plural(report.n_outliers, 'outlier')}; "
         f"drew the {report.shown_clusters} largest into {out}/"

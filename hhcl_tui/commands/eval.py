@@ -12,6 +12,7 @@ from rich.text import Text
 
 from hhcl.words import plural
 from hhcl_tui.common import console, data_root, fail
+from hhcl_tui.errors import cli_errors
 
 _ORIGIN = {
     "run": "the run's data.root",
@@ -50,6 +51,7 @@ def chance_verdict(report: Any) -> str | None:
             "better than chance (an untrained model, or one trained on too little).")
 
 
+@cli_errors
 def eval_cmd(
     source: Annotated[Path, typer.Argument(help="run directory (runs/<name>) or checkpoint (.safetensors, .pth.tar)")],
     dataset: Annotated[str | None, typer.Option(help="dataset name (default: the run's data.dataset)")] = None,
@@ -69,10 +71,7 @@ def eval_cmd(
     mAP, R1, R5, R10 (the reference's protocol).
     """
     from hhcl.atomic import atomic_write_bytes
-    from hhcl.config import ConfigError
-    from hhcl.data import CorruptImageError, DatasetFormatError, DatasetNotFoundError
-    from hhcl.evaluate import EvalError, evaluate_checkpoint
-    from hhcl.weight_files import CheckpointError
+    from hhcl.evaluate import evaluate_checkpoint
 
     if batch_size < 1:
         raise fail(f"--batch-size {batch_size} is not allowed: use 1 or more.")
@@ -80,26 +79,21 @@ def eval_cmd(
         raise fail("--ranklist K and --num-queries N must be positive.")
     if ranklist and out is None:
         raise fail("--ranklist K needs --out DIR: the folder to write the rank-list PNGs to.")
-    try:
-        with console.status(f"evaluating {source} ..."):
-            report = evaluate_checkpoint(
-                source,
-                root=root,
-                default_root=data_root(None),
-                dataset=dataset,
-                rerank=rerank,
-                flip=flip,
-                amp=amp,
-                batch_size=batch_size,
-                device=device,
-                ranklist=ranklist,
-                out_dir=out,
-                num_ranklists=num_queries,
-            )
-    except (EvalError, ConfigError) as err:
-        raise fail(str(err)) from None
-    except (CheckpointError, DatasetNotFoundError, DatasetFormatError, CorruptImageError, ValueError) as err:
-        raise fail(str(err), 1) from None
+    with console.status(f"evaluating {source} ..."):
+        report = evaluate_checkpoint(
+            source,
+            root=root,
+            default_root=data_root(None),
+            dataset=dataset,
+            rerank=rerank,
+            flip=flip,
+            amp=amp,
+            batch_size=batch_size,
+            device=device,
+            ranklist=ranklist,
+            out_dir=out,
+            num_ranklists=num_queries,
+        )
     console.print(_table(report))
     verdict = chance_verdict(report)
     if verdict:

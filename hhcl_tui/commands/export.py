@@ -9,8 +9,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hhcl_tui.common import console, fail
+from hhcl_tui.errors import cli_errors
 
 
+@cli_errors
 def export(
     source: Annotated[
         Path, typer.Argument(help="run directory (runs/<name>) or checkpoint (.safetensors, .pth.tar)")
@@ -22,17 +24,13 @@ def export(
 
     RGB [0,1] NCHW in, L2-normalised embeddings out; checked against PyTorch.
     """
-    from hhcl.export import FORMATS, MIN_COSINE, ExportError
+    from hhcl.export import FORMATS, MIN_COSINE
     from hhcl.export import export as run_export
-    from hhcl.weight_files import CheckpointError
 
     if format not in FORMATS:
         raise fail(f"--format {format!r} is not allowed: use one of {', '.join(FORMATS)}.")
-    try:
-        with console.status(f"exporting {source} to {format} ..."):
-            report = run_export(source, format, out)
-    except (CheckpointError, ExportError) as err:
-        raise fail(str(err), 1) from None
+    with console.status(f"exporting {source} to {format} ..."):
+        report = run_export(source, format, out)
     meta = report.metadata
     console.print(
         f"[green]wrote[/] {report.path} ({format}; {meta['arch']}/{meta['pooling']}, input "
@@ -42,6 +40,7 @@ def export(
     )
 
 
+@cli_errors
 def embed(
     source: Annotated[
         Path, typer.Argument(help="run directory, checkpoint, or exported .onnx/TorchScript file")
@@ -56,31 +55,21 @@ def embed(
     In sorted path order, with the file list in FILE.txt (one name per line; %, tab and line breaks in a name
     percent-encoded).
     """
-    from hhcl.config import ConfigError
-    from hhcl.export import EmbedError
     from hhcl.export import embed as run_embed
-    from hhcl.weight_files import CheckpointError
 
     if batch_size < 1:
         raise fail(f"--batch-size {batch_size} is not allowed: use 1 or more.")
     columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    try:
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("embed", total=None)
-            result = run_embed(
-                source,
-                images_dir,
-                out,
-                batch_size=batch_size,
-                device=device,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
-    except ConfigError as err:  # a --device this machine does not have
-        raise fail(str(err)) from None
-    except (CheckpointError, EmbedError) as err:
-        raise fail(str(err), 1) from None
-    except RuntimeError as err:  # e.g. an exported file that torch.jit or onnxruntime cannot run
-        raise fail(f"embedding failed: {err}", 1) from None
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("embed", total=None)
+        result = run_embed(
+            source,
+            images_dir,
+            out,
+            batch_size=batch_size,
+            device=device,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     console.print(
         f"[green]wrote[/] {result.out} ({result.shape[0]} x {result.shape[1]} float32) "
         f"and {result.list_file}",

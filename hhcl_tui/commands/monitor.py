@@ -15,10 +15,12 @@ import typer
 
 from hhcl.run.layout import CONFIG_FILE, EVENTS_FILE, RunLayout
 from hhcl_tui.common import console, err_console, fail
+from hhcl_tui.errors import cli_errors
 
 WEB_EXTRA_HINT = 'pip install "hhcl[web]"'
 
 
+@cli_errors
 def monitor(
     run_dir: Annotated[Path, typer.Argument(help="run directory (runs/<name>) or its events.jsonl")],
     web: Annotated[
@@ -149,7 +151,7 @@ def serve_dashboard(run_dir: Path, host: str, port: int, max_sessions: int = 4, 
     try:
         importlib.import_module("textual_serve.server")
     except ImportError:
-        raise fail(f"--web needs the textual-serve package: {WEB_EXTRA_HINT}", code=1) from None
+        raise fail(f"--web needs the textual-serve package: {WEB_EXTRA_HINT}") from None
     from hhcl_tui.web import DashboardServer, is_loopback, new_token
 
     check_port_free(host, port)

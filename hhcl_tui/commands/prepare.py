@@ -11,6 +11,7 @@ from rich.text import Text
 
 from hhcl.config import DATASETS
 from hhcl_tui.common import console, data_root, err_console, fail
+from hhcl_tui.errors import cli_errors
 
 NOTES_SHOWN = 20  # notes printed one per line; the rest are counted
 
@@ -29,6 +30,7 @@ def _camera_table(report: Any) -> Table:
     return table
 
 
+@cli_errors
 def prepare(
     dataset: Annotated[str, typer.Argument(help=f"one of {', '.join(DATASETS)}")],
     src: Annotated[Path | None, typer.Option(help="the dataset's archive (.zip/.tar[.gz]) or folder")] = None,
@@ -56,13 +58,17 @@ def prepare(
             "(0 = the default data; 1 = a camera's crops look more alike than one person's across cameras)"
         ),
     ] = 0.0,
+    site: Annotated[
+        int | None,
+        typer.Option(help="synthetic: seed of the cameras alone (the demo's is 1); default: drawn from --seed"),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Prepare a dataset under ROOT/DATASET for training.
 
     Safe extraction, layout and count checks, decoding, uint8 cache.
     """
-    from hhcl.data import REGISTRY, CorruptImageError, prepare_dataset, prepare_synthetic
+    from hhcl.data import REGISTRY, prepare_dataset, prepare_synthetic
     from hhcl.diskspace import disk_error, is_disk_full
 
     if dataset not in REGISTRY:
@@ -76,6 +82,7 @@ def prepare(
                 cams=cams,
                 seed=seed,
                 camera_bias=camera_bias,
+                site=site,
                 height=height or 128,
                 width=width or 64,
                 progress=progress,
@@ -95,18 +102,10 @@ def prepare(
                 copy=copy,
                 options=options,
             )
-    except CorruptImageError as err:  # decoding failed: exit 1
-        raise fail(str(err), 1) from None
-    except (
-        FileNotFoundError,
-        ValueError,
-    ) as err:  # missing/incomplete layout, unsafe archive, bad names: exit 2
-        raise fail(str(err), 2) from None
-    except OSError as err:  # a full disk or file size limit: exit 1, naming the file (nothing half-written stays)
+    except OSError as err:  # a full disk or file size limit: the fix names --root (nothing half-written stays)
         if not is_disk_full(err):
             raise
-        fix = "free space on it, or use another data root (--root)"
-        raise fail(str(disk_error(err, err.filename or root, fix)), 1) from None
+        raise disk_error(err, err.filename or root, "free space on it, or use another data root (--root)") from None
     for warning in report.warnings:  # plain text: a path may hold "[x]", which is not markup
         err_console.print(Text.assemble(("warning:", "yellow"), " ", warning))
     for note in report.notes[:NOTES_SHOWN]:  # links a folder dataset left out (loops, duplicates)

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from hhcl.words import plural
 from hhcl_tui.common import console, fail
+from hhcl_tui.errors import cli_errors
 
 
 def _table(result: Any) -> Table:
@@ -25,6 +26,7 @@ def _table(result: Any) -> Table:
     return table
 
 
+@cli_errors
 def search(
     source: Annotated[Path, typer.Argument(help="run directory (runs/<name>) or checkpoint (.safetensors, .pth.tar)")],
     gallery: Annotated[Path, typer.Option(help="folder of gallery images (searched recursively)")],
@@ -40,34 +42,25 @@ def search(
 
     The gallery's embeddings are cached beside it.
     """
-    from hhcl.config import ConfigError
-    from hhcl.data import CorruptImageError
-    from hhcl.search import SearchError
     from hhcl.search import search as run_search
-    from hhcl.weight_files import CheckpointError
 
     if top < 1:
         raise fail(f"--top {top} is not allowed: use 1 or more gallery images per query.")
     if batch_size < 1:
         raise fail(f"--batch-size {batch_size} is not allowed: use 1 or more.")
     columns = (TextColumn("embedding gallery"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    try:
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("embed", total=None)
-            report = run_search(
-                source,
-                gallery,
-                query,
-                out_dir=out,
-                top=top,
-                batch_size=batch_size,
-                device=device,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
-    except (SearchError, ConfigError, CheckpointError, CorruptImageError) as err:
-        raise fail(str(err)) from None
-    except (OSError, RuntimeError, ValueError) as err:
-        raise fail(f"search failed: {err}", 1) from None
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("embed", total=None)
+        report = run_search(
+            source,
+            gallery,
+            query,
+            out_dir=out,
+            top=top,
+            batch_size=batch_size,
+            device=device,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     for note in report.notes:
         console.print(Text(f"note: {note}"), style="yellow")
     for result in report.results:

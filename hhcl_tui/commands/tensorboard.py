@@ -8,12 +8,15 @@ from typing import Annotated
 
 import typer
 
+from hhcl.errors import EXIT_FAILURE
 from hhcl.run.layout import RunDirError
 from hhcl.run.lock import RunLockedError, check_free
 from hhcl.words import plural
 from hhcl_tui.common import console, fail
+from hhcl_tui.errors import cli_errors
 
 
+@cli_errors
 def tensorboard(
     runs: Annotated[list[Path], typer.Argument(help="run directories (runs/<name>)")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write each run to OUT/<run name> [default: <run>/tensorboard]")] = None,
@@ -23,12 +26,7 @@ def tensorboard(
     Loss, lr, clusters, pseudo-label quality and mAP/CMC as TensorBoard scalars (replacing an earlier export),
     then the `tensorboard --logdir` command to view them.
     """
-    from hhcl.tensorboard import (
-        TensorBoardMissingError,
-        plan_tensorboard,
-        require_tensorboard,
-        write_tensorboard,
-    )
+    from hhcl.tensorboard import plan_tensorboard, require_tensorboard, write_tensorboard
 
     try:
         require_tensorboard()
@@ -40,9 +38,7 @@ def tensorboard(
             for layout, _ in plans:
                 check_free(layout.lock)
     except RunLockedError as err:
-        raise fail(f"{err}; to export a snapshot of a live run, give --out DIR.") from None
-    except (TensorBoardMissingError, RunDirError) as err:
-        raise fail(str(err)) from None
+        raise fail(f"{err}; to export a snapshot of a live run, give --out DIR.", err.exit_code) from None
     for layout, target in plans:
         try:
             done = write_tensorboard(layout.root, target)
@@ -51,7 +47,7 @@ def tensorboard(
                 f"cannot write the TensorBoard scalars of {layout.root} to {err.filename or target} "
                 f"({err.strerror or err}): free space there (or give --out DIR on another disk) and run it again; "
                 "an earlier export there is left as it was.",
-                1,
+                EXIT_FAILURE,
             ) from None
         console.print(
             f"{layout.root.name}: {plural(done.points, 'point')} of {plural(len(done.tags), 'scalar')} -> {done.out}",

@@ -12,10 +12,11 @@ from typing import Annotated
 import typer
 from rich.syntax import Syntax
 
-from hhcl.config import CAMERA_MODES, Config, ConfigError
-from hhcl.run.layout import RunDirError, RunLayout, default_run_name, plan_run_dir
-from hhcl.run.lock import RunLockedError, check_free
+from hhcl.config import CAMERA_MODES, Config
+from hhcl.run.layout import RunLayout, default_run_name, plan_run_dir
+from hhcl.run.lock import check_free
 from hhcl_tui.common import console, data_root, fail, resolve_config
+from hhcl_tui.errors import cli_errors
 
 
 def _under_torchrun() -> bool:
@@ -52,6 +53,7 @@ def _forward_argv(argv: list[str], name: str) -> list[str]:
     return out
 
 
+@cli_errors
 def train(
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="preset name (hhcl presets list) or a TOML file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: section.key=value (repeatable)")] = None,
@@ -72,11 +74,8 @@ def train(
     if resume is not None:
         if preset is not None:
             raise fail("--resume continues a run with its own config: drop --preset (use --set train.epochs=N to extend it).")
-        try:
-            cfg = resume_config(resume, _with_root(set_, root))
-            check_free(RunLayout(resume).lock)  # refuse before launching anything (--tui, --nproc-per-node)
-        except (ConfigError, RunLockedError) as err:
-            raise fail(str(err)) from None
+        cfg = resume_config(resume, _with_root(set_, root))
+        check_free(RunLayout(resume).lock)  # refuse before launching anything (--tui, --nproc-per-node)
         position = checkpoint_position(RunLayout(resume))
         problem = position and resume_epochs_error(cfg.train.epochs, *position, RunLayout(resume).config)
         if problem:  # before anything is written (the engine checks again, for checkpoints that do not say)
@@ -91,19 +90,13 @@ def train(
         if _under_torchrun():  # the launcher checked the directory; ranks agree on rank 0's name
             run_dir = runs_dir / _agreed_name(run_name)
         else:
-            try:
-                run_dir = plan_run_dir(runs_dir, run_name)
-            except (RunDirError, RunLockedError) as err:
-                raise fail(str(err)) from None
+            run_dir = plan_run_dir(runs_dir, run_name)
 
     cfg.data.root = os.path.abspath(os.path.expanduser(cfg.data.root))  # what the run records
     if cfg.train.tensorboard:  # here, not in the child: --tui and torchrun children would hide the message
         from hhcl.tensorboard import require_tensorboard
 
-        try:
-            require_tensorboard()
-        except ConfigError as err:
-            raise fail(str(err)) from None
+        require_tensorboard()
     if dry_run:
         console.print(Syntax(cfg.to_toml(), "toml", theme="ansi_dark", background_color="default"))
         note = " (resumed)" if resume else " (not created: dry run)"
@@ -133,7 +126,7 @@ def train(
 
 def _dataset_check(cfg: Config) -> str:
     """The dataset the run would train on, checked (exists, parses, counts, cache and the disk space it needs);
-    exits 2 with the fix if the dataset is not ready, 1 (as the run would) if its cache does not fit."""
+    exits with the error's code and the fix if the dataset is not ready (2) or its cache does not fit (1)."""
     from hhcl.data import DatasetFormatError, DatasetNotFoundError
     from hhcl.data.prepare import check_prepared
     from hhcl.diskspace import DiskSpaceError
@@ -142,9 +135,9 @@ def _dataset_check(cfg: Config) -> str:
     try:
         summary = check_prepared(cfg.data.dataset, cfg.data.root, **size)
     except (DatasetNotFoundError, DatasetFormatError) as err:
-        raise fail(f"the dry run's dataset is not ready: {err}") from None
+        raise fail(f"the dry run's dataset is not ready: {err}", err.exit_code) from None
     except DiskSpaceError as err:
-        raise fail(f"the run would fail: {err}", 1) from None
+        raise fail(f"the run would fail: {err}", err.exit_code) from None
     from hhcl.data import build_dataset
     from hhcl.data.sampler import batch_outlook
 
@@ -158,11 +151,7 @@ def _dataset_check(cfg: Config) -> str:
 
         from hhcl.epoch import camera_ids
 
-        camids = torch.tensor([s.camid for s in train])
-        try:
-            camera_ids(cfg, camids, torch.device("cpu"))
-        except ConfigError as err:
-            raise fail(str(err)) from None
+        camera_ids(cfg, torch.tensor([s.camid for s in train]), torch.device("cpu"))
     return summary
 
 
@@ -174,19 +163,15 @@ def _with_root(sets: list[str] | None, root: Path | None) -> list[str]:
 
 
 def run_training(cfg: Config, run_dir: Path, *, preset: str | None, resume: bool) -> int:
-    """Train with console reporting (rank 0 prints); returns the exit code (0, 1, 2, 130 or 143)."""
+    """Train with console reporting (rank 0 prints); returns the exit code (0, 1, 2, 130 or 143). A refusal before
+    the run directory is touched (its lock, the pretrained weights) raises its HhclError."""
     from hhcl.engine import Trainer
-    from hhcl.models import WeightsNotFoundError
     from hhcl.reporting import ConsoleReporter
-    from hhcl.weight_files import CheckpointError
 
     main = int(os.environ.get("RANK", "0")) == 0
     hooks = [ConsoleReporter(run_dir, console)] if main else []
-    try:
-        trainer = Trainer(cfg, run_dir, preset=preset, resume=resume, hooks=hooks)
-        result = trainer.fit()
-    except (ConfigError, RunLockedError, WeightsNotFoundError, CheckpointError) as err:  # refused before the run directory was touched
-        raise fail(str(err)) from None
+    trainer = Trainer(cfg, run_dir, preset=preset, resume=resume, hooks=hooks)
+    result = trainer.fit()
     if not main:
         return result.exit_code
     if result.status == "ok":
@@ -227,6 +212,7 @@ def _run_with_dashboard(cmd: list[str], run_dir: Path) -> int:
     return run_dashboard(run_dir, process, log_start)
 
 
+@cli_errors
 def demo(
     root: Annotated[Path | None, typer.Option(help="data root for the synthetic dataset [default: $HHCL_DATA or ./data]")] = None,
     runs_dir: Annotated[Path, typer.Option(help="where the demo run directory goes")] = Path("runs"),
@@ -241,13 +227,9 @@ def demo(
     from hhcl.atomic import atomic_write_text
     from hhcl.demo import DEMO_THREADS, run_demo
 
-    if threads is not None and threads < 1:
-        raise fail(f"--threads must be >= 1, got {threads}", 2)
     overrides = () if seed is None else (f"train.seed={seed}",)
-    try:
-        result = run_demo(data_root(root), runs_dir, console=console, threads=threads or DEMO_THREADS, overrides=overrides)
-    except ConfigError as err:  # a seed outside train.seed's range
-        raise fail(str(err)) from None
+    threads = DEMO_THREADS if threads is None else threads
+    result = run_demo(data_root(root), runs_dir, console=console, threads=threads, overrides=overrides)
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result.to_json(), indent=2) + "\n")
     if result.status == "error":

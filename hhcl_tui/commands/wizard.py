@@ -9,10 +9,11 @@ from typing import Annotated
 
 import typer
 
-from hhcl.config import ConfigError
-from hhcl_tui.common import console, data_root, fail
+from hhcl_tui.common import console, data_root
+from hhcl_tui.errors import cli_errors
 
 
+@cli_errors
 def wizard(
     out: Annotated[Path, typer.Option("--out", "-o", help="TOML file to write")] = Path("hhcl.toml"),
     preset: Annotated[str, typer.Option("--preset", "-p", help="preset to start from (hhcl presets list)")] = "market",
@@ -25,10 +26,7 @@ def wizard(
     """
     from hhcl_tui.wizard import run_wizard
 
-    try:
-        argv = run_wizard(out=out, data_root=data_root(root), preset=preset)
-    except ConfigError as err:
-        raise fail(str(err)) from None
+    argv = run_wizard(out=out, data_root=data_root(root), preset=preset)
     if argv is None:
         raise typer.Exit(0)
     console.print(f"running: hhcl {' '.join(argv)}", highlight=False)

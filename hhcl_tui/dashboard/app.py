@@ -229,6 +229,7 @@ class DashboardApp(App[str]):
         self.query_one("#evals").border_subtitle = view.last_eval_text(state)
         self.query_one("#cluster-text", Static).update(view.cluster_text(state))
         self.query_one("#timings-text", Static).update(view.timings_text(state))
+        self.query_one("#clusters").border_title = view.clusters_title(state)
         self.query_one("#loss").border_title = view.loss_title(state)
         clusters = [float(c.n_clusters) for c in state.clusters if c.n_clusters is not None]
         outliers = [c.outlier_ratio * 100 for c in state.clusters if c.outlier_ratio is not None]

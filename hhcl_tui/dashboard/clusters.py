@@ -23,7 +23,7 @@ from textual_image.renderable.unicode import Image as ShadeRenderable
 from textual_image.widget import HalfcellImage
 from textual_image.widget import Image as AutoImage
 
-from hhcl.config import ConfigError, load_config
+from hhcl.config import CLUSTER_PARAMS, Config, ConfigError, load_config
 from hhcl.run.labels import LabelsError, load_epoch_labels, read_train_index, saved_epochs
 from hhcl.run.layout import RunLayout
 from hhcl.words import plural
@@ -62,6 +62,7 @@ class ClusterGallery:
     n_outliers: int = 0
     rows: list[ClusterRow] = field(default_factory=list)
     note: str = ""  # a problem in words: no labels yet, images not found, a damaged run directory
+    clustering: str = ""  # the run's cluster.method and the settings it shows, e.g. "dbscan (eps 0.6)"
 
 
 def labels_key(run_dir: Path) -> tuple[int, int] | None:
@@ -120,12 +121,18 @@ def cluster_strip(paths: list[Path], camids: list[int], height: int = TILE_HEIGH
     return strip, unread
 
 
-def _data_root(layout: RunLayout) -> tuple[Path | None, str]:
-    """The run's recorded ``data.root`` (relative image paths are under it), or None and why not."""
+def _run_config(layout: RunLayout) -> tuple[Config | None, str]:
+    """The run's recorded config (its ``data.root``: relative image paths are under it), or None and why not."""
     try:
-        return Path(load_config(layout.config).data.root), ""
+        return load_config(layout.config), ""
     except (ConfigError, OSError) as err:
         return None, f"cannot read the run's data root from {layout.config} ({err})"
+
+
+def clustering_text(cfg: Config) -> str:
+    """``cluster.method`` and the settings the config table shows for it, e.g. ``dbscan (eps 0.6)``."""
+    shown = ", ".join(f"{p.name} {cfg.get(p.key)}" for p in CLUSTER_PARAMS[cfg.cluster.method])
+    return f"{cfg.cluster.method} ({shown})"
 
 
 def load_gallery(
@@ -150,7 +157,8 @@ def load_gallery(
 
     picks = pick_clusters(labels, index.camids, clusters=clusters, per_cluster=per_cluster,
                           rng=np.random.default_rng(0))
-    root, root_note = _data_root(layout)
+    cfg, root_note = _run_config(layout)
+    root = None if cfg is None else Path(cfg.data.root)
     rows: list[ClusterRow] = []
     unread: list[Path] = []
     for pick in picks:
@@ -166,11 +174,12 @@ def load_gallery(
         note = (f"{len(unread)} of the {sum(r.shown for r in rows)} images shown cannot be read ({where}; "
                 f"first: {unread[0]}): a run copied without its data? Crossed tiles stand for them")
     return ClusterGallery(epoch, len(labels), len(np.unique(labels[labels >= 0])), int((labels < 0).sum()), rows,
-                          note)
+                          note, "" if cfg is None else clustering_text(cfg))
 
 
 def gallery_head(gallery: ClusterGallery) -> Text:
-    """The tab's first line: which epoch, how many clusters and outliers, what is shown; then any problem."""
+    """The tab's first line: which epoch, how many clusters and outliers (by which method and settings), what is
+    shown; then any problem."""
     text = Text()
     if gallery.epoch is not None:
         text.append(f"epoch {gallery.epoch + 1}", style="bold cyan")
@@ -181,6 +190,8 @@ def gallery_head(gallery: ClusterGallery) -> Text:
             text.append(f" · the {len(gallery.rows)} largest, camera bar under each crop", style="dim")
         else:
             text.append(" · no clusters: every image is an outlier", style="yellow")
+        if gallery.clustering:
+            text.append(f"\nclustering: {gallery.clustering}", style="dim")
     if gallery.note:
         if text:
             text.append("\n")

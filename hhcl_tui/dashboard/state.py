@@ -36,7 +36,6 @@ from hhcl.run.lock import this_host
 from hhcl.words import plural
 
 LOG_LINES = 200
-STAGES = ("extract", "knn", "jaccard", "dbscan")
 #: waiting (no run_start yet), running, the run_end statuses, and the two liveness states: stopped (the
 #: process is gone without a run_end) and silent (nothing written for more than NO_NEWS_SECONDS)
 STATUSES = ("waiting", "running", *RUN_STATUSES, "stopped", "silent")
@@ -45,7 +44,8 @@ LIVE_STATUSES = ("running", "stopped", "silent")
 
 @dataclass
 class ClusterRecord:
-    """One epoch's clustering: what DBSCAN found and how long each stage took (seconds)."""
+    """One epoch's clustering: what its method found, with which parameters (by their short names), and how long
+    each stage took (seconds, extraction first, then the method's sub-steps in order)."""
 
     epoch: int
     n_samples: int | None
@@ -53,9 +53,15 @@ class ClusterRecord:
     n_outliers: int | None
     outlier_ratio: float | None
     seconds: dict[str, float]
-    eps: float | None = None
-    eps_auto: bool = False  # chosen by cluster.eps = auto
+    method: str | None = None  # cluster.method (a log from before the clusterer table: dbscan when it has an eps)
+    params: dict[str, int | float] = field(default_factory=dict)
+    auto: tuple[str, ...] = ()  # the params chosen from the data (DBSCAN's eps with cluster.eps = auto)
     quality: dict[str, float] | None = None  # against the train identities, when the train set has them
+
+    def params_text(self, sep: str, auto: str) -> str:
+        """The parameters as ``eps 0.431`` pairs joined by ``sep``, ``auto`` after one chosen from the data."""
+        shown = {name: f"{value:.3g}" if isinstance(value, float) else str(value) for name, value in self.params.items()}
+        return sep.join(f"{name} {value}" + (auto if name in self.auto else "") for name, value in shown.items())
 
 
 @dataclass
@@ -86,6 +92,8 @@ class RunState:
     run: str = ""
     preset: str = ""
     dataset: str = ""
+    arch: str = ""  # model.arch of the run's config
+    memory: str = ""  # memory.mode, "+ cameras" when memory.camera_aware adds O2CAP's terms
     device: str = ""
     world_size: int | None = None
     n_train: int | None = None
@@ -217,6 +225,20 @@ def _dataset(config: dict[str, Any] | None) -> str | None:
     return dataset if isinstance(dataset, str) else None
 
 
+def _setting(config: dict[str, Any] | None, section: str, key: str) -> Any:
+    """``config[section][key]`` of a run_start, or None when the free-form JSON does not have it."""
+    values = (config or {}).get(section)
+    return values.get(key) if isinstance(values, dict) else None
+
+
+def _memory(config: dict[str, Any] | None) -> str | None:
+    """The run's memory as the run panel names it: ``memory.mode``, ``+ cameras`` when camera-aware terms are on."""
+    mode = _setting(config, "memory", "mode")
+    if not isinstance(mode, str):
+        return None
+    return mode + (" + cameras" if _setting(config, "memory", "camera_aware") is True else "")
+
+
 def _restart(state: RunState) -> None:
     """Forget an earlier attempt's progress, curves, clusters and evals; the log lines stay."""
     blank = RunState(log=state.log, n_log=state.n_log, n_events=state.n_events, attempt=state.attempt)
@@ -234,6 +256,9 @@ def _on_run_start(state: RunState, e: RunStart, t: float | None) -> None:
     state.run = e.run or state.run
     state.preset = e.preset or state.preset
     state.dataset = _dataset(e.config) or state.dataset
+    arch = _setting(e.config, "model", "arch")
+    state.arch = arch if isinstance(arch, str) else state.arch
+    state.memory = _memory(e.config) or state.memory
     state.device = e.device or state.device
     state.world_size = e.world_size or state.world_size
     state.n_train = e.n_train if e.n_train is not None else state.n_train
@@ -277,16 +302,17 @@ def _on_cluster(state: RunState, e: Cluster, t: float | None) -> None:
         n_outliers=e.n_outliers,
         outlier_ratio=e.outlier_ratio,
         seconds=dict(e.seconds),
-        eps=e.eps,
-        eps_auto=bool(e.eps_auto),
+        method=e.method,
+        params=dict(e.params or {}),
+        auto=tuple(e.auto or ()),
         quality=dict(e.quality) if e.quality else None,
     )
     state.clusters.append(record)
     ratio = f" ({record.outlier_ratio:.1%})" if record.outlier_ratio is not None else ""
     took = f" in {sum(record.seconds.values()):.1f} s" if record.seconds else ""
     text = f"{plural(record.n_clusters, 'cluster', spec=',')}, {plural(record.n_outliers, 'outlier', spec=',')}{ratio}{took}"
-    if record.eps is not None:
-        text += f", eps {record.eps:.3g}" + (" (auto)" if record.eps_auto else "")
+    if record.params:
+        text += ", " + record.params_text(", ", " (auto)")
     if record.quality and "ari" in record.quality:
         text += f"; vs identities ARI {record.quality['ari']:.3f}"
     add_log(state, t, "info", text)

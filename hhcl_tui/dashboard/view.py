@@ -8,7 +8,7 @@ from collections.abc import Callable
 from rich.text import Text
 
 from hhcl.run.events import COUNTED_STAGES, epoch_label, iter_label, progress_text
-from hhcl_tui.dashboard.state import STAGES, LogLine, RunState, downsample
+from hhcl_tui.dashboard.state import LogLine, RunState, downsample
 
 STATUS_STYLE = {
     "waiting": "dim",
@@ -80,7 +80,7 @@ def status_text(state: RunState) -> Text:
 
 
 def run_text(state: RunState) -> Text:
-    """Run name, preset, dataset (with split sizes), device and world size, status."""
+    """Run name, preset, dataset (with split sizes), backbone and memory, device and world size, status."""
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(state.run or "(waiting for run_start)", style="bold")
     if state.preset:
@@ -90,6 +90,10 @@ def run_text(state: RunState) -> Text:
     _pair(text, "dataset", state.dataset or "--", "bold")
     if state.n_train is not None:
         text.append(f"  {fmt_count(state.n_train)} train", style="dim")
+    text.append("\n")
+    _pair(text, "model", state.arch or "--", "bold")
+    text.append("  memory ", style="dim")
+    text.append(state.memory or "--", style="bold")
     text.append("\n")
     _pair(text, "device", state.device or "--", "bold")
     if state.world_size is not None:
@@ -226,7 +230,7 @@ def last_eval_text(state: RunState) -> str:
 
 
 def cluster_text(state: RunState) -> Text:
-    """Clusters and outliers (count and %) of the latest clustering."""
+    """Clusters and outliers (count and %) of the latest clustering, and the parameters its method used."""
     text = Text(no_wrap=True, overflow="ellipsis")
     last = state.last_cluster
     if last is None:
@@ -237,8 +241,8 @@ def cluster_text(state: RunState) -> Text:
     text.append(fmt_count(last.n_outliers), style="bold red")
     text.append(" outliers ", style="dim")
     text.append(f"({fmt_pct(last.outlier_ratio)})", style="red")
-    if last.eps is not None:
-        text.append(f"  eps {last.eps:.3g}" + (" auto" if last.eps_auto else ""), style="dim")
+    if last.params:
+        text.append("  " + last.params_text(" ", " auto"), style="dim")
     if last.quality and last.quality.get("ari") is not None:
         text.append("  ARI ", style="dim")
         text.append(f"{last.quality['ari']:.2f}", style="bold")
@@ -246,17 +250,23 @@ def cluster_text(state: RunState) -> Text:
 
 
 def timings_text(state: RunState) -> Text:
-    """Seconds per clustering stage of the latest epoch (known stages first, then any others)."""
+    """Seconds per clustering stage of the latest epoch, in the event's order (extraction, then the method's
+    sub-steps)."""
     text = Text(overflow="fold")
     last = state.last_cluster
     if last is None or not last.seconds:
         return text
-    names = [s for s in STAGES if s in last.seconds] + [s for s in last.seconds if s not in STAGES]
-    for i, name in enumerate(names):
+    for i, name in enumerate(last.seconds):
         if i:
             text.append("  ")
         _pair(text, name, f"{last.seconds[name]:.2f}s", "bold")
     return text
+
+
+def clusters_title(state: RunState) -> str:
+    """The Clustering panel's title, with the latest clustering's method when the log names one."""
+    last = state.last_cluster
+    return "Clustering" + (f" · {last.method}" if last is not None and last.method else "")
 
 
 def log_line(line: LogLine) -> Text:

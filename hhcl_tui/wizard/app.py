@@ -65,7 +65,7 @@ class WizardApp(App[list[str] | None]):
                 yield Static(id="preset-info", classes="info")
                 yield Static(self._datasets_info(), id="datasets-info", classes="info")
                 for field in FIELDS:
-                    with Horizontal(classes="row"):
+                    with Horizontal(classes="row", id=field.row_id):
                         yield Label(field.label, classes="label")
                         yield self._field_widget(field)
                     yield Static(id=field.error_id, classes="error")
@@ -141,6 +141,10 @@ class WizardApp(App[list[str] | None]):
             self._shown["preset"] = form.preset
             self.query_one("#preset-info", Static).update(Text(preset_description(form.preset), style="italic dim"))
         for field in FIELDS:
+            shown = form.shown(field)
+            if self._shown.get(field.row_id) != str(shown):
+                self._shown[field.row_id] = str(shown)
+                self.query_one(f"#{field.row_id}").display = shown
             message = form.errors.get(field.key, "")
             if self._shown.get(field.error_id, "") == message:
                 continue

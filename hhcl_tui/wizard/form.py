@@ -13,15 +13,13 @@ from pathlib import Path
 
 from hhcl.atomic import atomic_write_text
 from hhcl.config import (
-    AMP_MODES,
-    ARCHS,
+    CLUSTER_PARAMS,
     DATASETS,
-    INT_BOUNDS,
-    MEMORY_MODES,
-    POOLINGS,
     Config,
     ConfigError,
+    all_keys,
     apply_overrides,
+    key_info,
     load_config,
     validate,
 )
@@ -32,45 +30,60 @@ PRETRAINED_WORDS = ("imagenet", "none")  # the model.pretrained settings that na
 
 @dataclass(frozen=True)
 class Field:
-    """One editable setting: a dotted config key (or ``gpus``), its label, and choices for a select."""
+    """One editable setting: a dotted config key (or ``gpus``), its label, and choices for a select; a clustering
+    method's own setting names its ``method`` and is shown (and applied) only while that method is picked."""
 
     key: str
     label: str
     choices: tuple[str, ...] = ()
     hint: str = ""
+    method: str | None = None
 
     @property
     def widget_id(self) -> str:
         return "f-" + self.key.replace(".", "-")
 
     @property
+    def row_id(self) -> str:
+        return "r-" + self.key.replace(".", "-")
+
+    @property
     def error_id(self) -> str:
         return "e-" + self.key.replace(".", "-")
 
+    @classmethod
+    def of(cls, key: str, method: str | None = None) -> Field:
+        """The field of a config key: label, choices and hint from its :class:`~hhcl.config.KeyInfo` (a hint's
+        ``{low}`` and ``{high}`` are the key's bounds)."""
+        info = key_info(key)
+        low, high = info.bounds or (None, None)
+        return cls(key, info.label, info.choices, info.hint.format(low=low, high=high), method)
 
-def _size_hint(key: str) -> str:
-    """A placeholder from the key's :data:`INT_BOUNDS` range (``validate`` also wants a multiple of 16)."""
-    low, high, _ = INT_BOUNDS[key]
-    return f"pixels, {low} to {high}, a multiple of 16"
 
-
-FIELDS: tuple[Field, ...] = (
-    Field("data.dataset", "Dataset", DATASETS),
-    Field("model.arch", "Backbone", ARCHS),
-    Field("model.pretrained", "Pretrained", hint="imagenet, none, or a run directory or weight file"),
-    Field("model.pooling", "Pooling", POOLINGS),
-    Field("data.height", "Image height", hint=_size_hint("data.height")),
-    Field("data.width", "Image width", hint=_size_hint("data.width")),
-    Field("memory.mode", "Memory mode", MEMORY_MODES),
-    Field("cluster.eps", "DBSCAN eps", hint="Jaccard distance in (0, 1), or auto"),
-    Field("data.batch_size", "Batch size", hint="a multiple of instances"),
-    Field("data.num_instances", "Instances / id", hint="images per pseudo identity"),
-    Field("train.epochs", "Epochs"),
-    Field("train.iters", "Iters / epoch"),
-    Field("train.device", "Device", hint="auto, cpu, cuda or cuda:N"),
-    Field(GPUS, "GPUs", hint="processes on this node"),
-    Field("train.amp", "AMP", AMP_MODES),
+#: the form's layout: the keys in the order shown (each key's label, choices and hint are its KeyInfo's); a
+#: clustering method's own settings (``hhcl.config.CLUSTER_PARAMS``) follow the method, each shown while it is picked
+LAYOUT = (
+    "data.dataset", "model.arch", "model.pretrained", "model.pooling", "data.height", "data.width", "memory.mode",
+    "cluster.method", "data.batch_size", "data.num_instances", "train.epochs", "train.iters", "train.device", GPUS,
+    "train.amp",
 )
+
+
+def _fields() -> tuple[Field, ...]:
+    fields: list[Field] = []
+    for key in LAYOUT:
+        if key == GPUS:
+            fields.append(Field(GPUS, "GPUs", hint="processes on this node"))
+            continue
+        fields.append(Field.of(key))
+        if key == "cluster.method":
+            fields += [Field.of(p.key, method) for method, params in CLUSTER_PARAMS.items() for p in params]
+    return tuple(fields)
+
+
+FIELDS: tuple[Field, ...] = _fields()
+#: every key whose KeyInfo has a wizard label (tests keep them equal to the form's)
+LABELLED = tuple(k for k in all_keys() if key_info(k).label)
 FIELD_KEYS = tuple(f.key for f in FIELDS)
 
 
@@ -110,11 +123,16 @@ class WizardForm:
         self._revalidate()
         return self.errors.get(key)
 
+    def shown(self, field: Field) -> bool:
+        """Whether ``field`` is on the form now: a clustering method's setting only while that method is picked."""
+        return field.method is None or field.method == self.values["cluster.method"].strip()
+
     def _revalidate(self) -> None:
         self.errors = {}
         cfg = copy.deepcopy(self.base)
+        hidden = {f.key for f in FIELDS if not self.shown(f)}  # another method's: the preset's value stays
         for key, text in self.values.items():
-            if key == GPUS:
+            if key == GPUS or key in hidden:
                 continue
             try:
                 apply_overrides(cfg, [f"{key}={text.strip()}"])
