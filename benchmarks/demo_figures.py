@@ -5,13 +5,15 @@
     .venv/bin/python benchmarks/demo_figures.py --print          # measure, print the block, write nothing
     .venv/bin/python benchmarks/demo_figures.py --grid           # CPU kernels (default, AVX2) x threads (2, 1) x
                                                                  # seeds (1, 2, 3): 12 runs, median and range
-    .venv/bin/python benchmarks/demo_figures.py --grid --jobs 2 --keep /tmp/grid   # 2 runs at once; each run's
-                                                                 # JSON kept, and reused when the grid is run again
+    .venv/bin/python benchmarks/demo_figures.py --grid --jobs 2  # 2 runs at once; each run's JSON is kept in
+                                                                 # benchmarks/demo_grid/ and reused when run again
+    .venv/bin/python benchmarks/demo_figures.py --grid --only-kept   # the block of the runs kept so far (partial)
 
 Each run is a fresh `hhcl demo` process on a fresh temporary data root (the synthetic people are generated, cached
 and trained on from scratch, as on a fresh clone). The block between the `demo-figures` markers is replaced whole,
 with the date, the commit and the numeric conditions (threads, CPU kernels, library versions) it was measured under.
-A grid also writes hhcl/demo_range.json, the median and range `hhcl demo` places its own figure against. Runs
+A whole grid also writes hhcl/demo_range.json, the median and range `hhcl demo` places its own figure against; a
+partial one (--only-kept) writes the block alone, marked partial. Each kept run records the commit it ran at. Runs
 at once share the cores: their wall times are longer, their figures the same (load changes no float operation).
 """
 
@@ -34,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- demo-figures:begin", "<!-- demo-figures:end -->"
 FILES = (ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md")
 RANGE_FILE = ROOT / "hhcl" / "demo_range.json"
+KEEP = ROOT / "benchmarks" / "demo_grid"
 
 
 #: the grid a demo figure must hold across: the CPU kernels torch picks by default and AVX2 forced
@@ -68,16 +71,21 @@ def run_once(threads: int | None, isa: str | None = None, seed: int | None = Non
     return result
 
 
-def run_kept(run: tuple[str | None, int, int], keep: Path | None) -> dict:
-    """One grid run, read from ``keep`` when an earlier grid finished it there, else run and saved there."""
+def kept_path(run: tuple[str | None, int, int], keep: Path) -> Path:
     isa, threads, seed = run
-    saved = keep / f"{isa or 'default'}-t{threads}-s{seed}.json" if keep else None
-    if saved is not None and saved.is_file():
+    return keep / f"{isa or 'default'}-t{threads}-s{seed}.json"
+
+
+def run_kept(run: tuple[str | None, int, int], keep: Path) -> dict:
+    """One grid run, read from ``keep`` when an earlier grid finished it there, else run (at this commit) and saved
+    there."""
+    saved = kept_path(run, keep)
+    if saved.is_file():
         return json.loads(saved.read_text())
-    result = run_once(threads, isa, seed)
-    if saved is not None:
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(result))
+    isa, threads, seed = run
+    result = run_once(threads, isa, seed) | {"commit": commit()}
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -130,16 +138,21 @@ def block(results: list[dict], measured_on: str, rev: str) -> str:
     return "\n".join(lines)
 
 
-def grid_block(results: list[dict], measured_on: str, rev: str) -> str:
-    """The Markdown block of a ``--grid``: one row per run, then the median, the range and the target's verdict."""
+def grid_block(results: list[dict], measured_on: str, rev: str, total: int | None = None) -> str:
+    """The Markdown block of a ``--grid``: one row per run, then the median, the range and the target's verdict;
+    with ``total`` (a partial grid) it says how many of the runs it holds and gives no verdict."""
     env = results[0]["numerics"]
     maps = sorted(100 * r["trained"]["mAP"] for r in results)
     spread = maps[-1] - maps[0]
     verdict = "met" if spread <= TARGET_SPREAD else "NOT met"
+    commits = sorted({r.get("commit", rev) for r in results})
+    command = "--grid --only-kept" if total else "--grid"
     lines = [
-        f"{BEGIN} (written by `python benchmarks/demo_figures.py --grid`; do not edit by hand) -->",
-        f"Measured {measured_on} at commit `{rev}` on a {os.cpu_count()}-core {env['machine']} CPU ({env['blas']}; "
-        f"torch {env['torch']}), each run a fresh `hhcl demo` on fresh data:",
+        f"{BEGIN} (written by `python benchmarks/demo_figures.py {command}`; do not edit by hand) -->",
+        f"Measured {measured_on} at commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)} on a "
+        f"{os.cpu_count()}-core {env['machine']} CPU ({env['blas']}; torch {env['torch']}), each run a fresh "
+        f"`hhcl demo` on fresh data" + (f"; **partial: {len(results)} of the grid's {total} runs**" if total else "")
+        + ":",
         "",
         "| CPU kernels | threads | seed | untrained mAP / R1 | HHCL mAP / R1 | whole command |",
         "|---|---:|---:|---:|---:|---:|",
@@ -148,10 +161,11 @@ def grid_block(results: list[dict], measured_on: str, rev: str) -> str:
         n = r["numerics"]
         lines.append(f"| {n['cpu_capability']} | {n['threads']} | {n.get('seed', '-')} | {_pair(r['untrained'])} "
                      f"| **{_pair(r['trained'])}** | {_mm_ss(r['wall_seconds'])} |")
+    judged = f"target <= {TARGET_SPREAD:g}: {verdict}" if not total else f"the target, <= {TARGET_SPREAD:g} over all {total}, is judged when the grid is whole"
     lines += [
         "",
         f"HHCL mAP over the {len(results)} runs: median **{statistics.median(maps):.1f}**, range {maps[0]:.1f} to "
-        f"{maps[-1]:.1f} (spread {spread:.1f} points; target <= {TARGET_SPREAD:g}: {verdict}).",
+        f"{maps[-1]:.1f} (spread {spread:.1f} points; {judged}).",
         END,
     ]
     return "\n".join(lines)
@@ -172,10 +186,17 @@ def main() -> None:
     ap.add_argument("--print", action="store_true", help="print the block, write nothing")
     ap.add_argument("--grid", action="store_true", help="the CPU kernels x threads x seeds grid (12 runs)")
     ap.add_argument("--jobs", type=int, default=1, help="grid runs at once (default 1)")
-    ap.add_argument("--keep", type=Path, help="folder for each grid run's JSON; runs found there are not re-run")
+    ap.add_argument("--keep", type=Path, default=KEEP, help="folder of each grid run's JSON; runs found there are not "
+                    f"re-run (default {KEEP.relative_to(ROOT)})")
+    ap.add_argument("--only-kept", action="store_true", help="--grid from the kept runs alone, run nothing (partial)")
     args = ap.parse_args()
     rev, when = commit(), dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    if args.grid:
+    if args.grid and args.only_kept:
+        results = [json.loads(kept_path(run, args.keep).read_text()) for run in grid() if kept_path(run, args.keep).is_file()]
+        if not results:
+            sys.exit(f"no kept grid runs in {args.keep}")
+        text = grid_block(results, when, rev, total=len(grid()))
+    elif args.grid:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             results = list(pool.map(lambda run: run_kept(run, args.keep), grid()))
         text = grid_block(results, when, rev)

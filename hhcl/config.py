@@ -29,7 +29,7 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 DATASETS = ("market1501", "dukemtmcreid", "msmt17", "viper", "folder", "synthetic")
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a")  # = hhcl.models.backbones.BACKBONES
 POOLINGS = ("avg", "gem")
-KNN_BACKENDS = ("auto", "torch", "faiss")
+KNN_BACKENDS = ("auto", "torch", "faiss", "ivf", "hnsw")  # = hhcl.cluster.knn.BACKENDS
 #: keys that also take the word "auto", each with what it allows: both kinds of bad value (not a number, a number
 #: out of range) are refused with it, so a typo of auto is told that auto is allowed too
 AUTO_KEYS: dict[str, str] = {"cluster.eps": "a number in (0, 1) (a Jaccard distance) or auto"}
@@ -180,8 +180,10 @@ class ClusterConfig:
         label="DBSCAN eps", hint="Jaccard distance in (0, 1), or auto",
     )
     min_samples: int = key(4, "DBSCAN's core-point neighbours (the paper's 4)", bounds=(1, 1000))
-    knn_backend: str = key("auto", "the exact kNN search: torch, faiss, or auto (faiss when installed)",
-                           choices=KNN_BACKENDS)
+    knn_backend: str = key(
+        "auto", "the kNN search: torch or faiss (exact), ivf or hnsw (faiss, approximate), auto (exact below 100,000 "
+        "images, ivf from there)", choices=KNN_BACKENDS,
+    )
     infomap_k: int = key(
         15, "InfoMap's neighbours per image, itself included (cluster-contrast's --k1 15)", bounds=(2, 1000),
         label="InfoMap k", hint="neighbours per image, itself included",
@@ -194,6 +196,9 @@ class ClusterConfig:
         5, "InfoMap's smallest kept cluster, smaller ones are outliers (cluster-contrast's --k2 4: sizes <= 4 dropped)",
         bounds=(1, 1000), label="InfoMap min size", hint="smaller clusters: outliers",
     )
+    knn_nlist: int = key(0, "IVF's coarse cells, 0 = 4 sqrt(N) (hhcl/cluster/approx.py)", bounds=(0, 1_000_000))
+    knn_nprobe: int = key(0, "IVF's cells searched per image, 0 = max(16, nlist / 32)", bounds=(0, 1_000_000))
+    knn_ef_search: int = key(0, "HNSW's search breadth, 0 = max(128, 2 x the candidates)", bounds=(0, 1_000_000))
 
 
 @dataclass

@@ -78,3 +78,18 @@ def test_the_grid_range_file_and_the_demo_placement():
     assert text.endswith("differs from those in torch 2.15, NEON kernels, seed 7, so its figure may differ too")
     assert placement(50.0, env, None) == (None, placement(50.0, env, None)[1])
     assert "no measured range ships" in placement(50.0, env, None)[1]
+
+
+def test_a_partial_grid_says_so_and_judges_nothing(tmp_path, monkeypatch):
+    """--only-kept: the runs kept so far, each with its commit; the block names the share of the grid and gives no
+    verdict; a kept run is read back, never re-run."""
+    mod = figures_module()
+    runs = [fake("AVX512", 2, 1, 0.500) | {"commit": "aaa1111"}, fake("AVX512", 2, 2, 0.580) | {"commit": "bbb2222"}]
+    text = mod.grid_block(runs, "2026-12-03", "ccc3333", total=12)
+    assert "at commits `aaa1111`, `bbb2222`" in text and "**partial: 2 of the grid's 12 runs**" in text
+    assert "spread 8.0 points; the target, <= 3 over all 12, is judged when the grid is whole" in text
+    assert "NOT met" not in text and "--grid --only-kept" in text
+    kept = mod.kept_path((None, 2, 1), tmp_path)
+    kept.write_text('{"trained": {"mAP": 0.5}}')
+    monkeypatch.setattr(mod, "run_once", lambda *a: (_ for _ in ()).throw(AssertionError("re-ran a kept run")))
+    assert mod.run_kept((None, 2, 1), tmp_path) == {"trained": {"mAP": 0.5}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hhcl.cluster.approx import ApproxParams
 from hhcl.cluster.jaccard import check_params, jaccard_pairs
 from hhcl.cluster.knn import check_features, neighbours, resolve_backend, sparse_threads
 from hhcl.errors import UsageError
@@ -42,12 +43,15 @@ def eps_from_distances(d: Tensor, n: int, rho: float = RHO) -> float:
     return float((smallest.sum() + ones) / top)
 
 
-def auto_eps(features: Tensor, *, k1: int = 30, k2: int = 6, knn_backend: str = "auto", rho: float = RHO) -> float:
+def auto_eps(
+    features: Tensor, *, k1: int = 30, k2: int = 6, knn_backend: str = "auto", knn_params: ApproxParams | None = None,
+    rho: float = RHO,
+) -> float:
     """eps for ``features`` [N, D] (L2-normalised) by the MMT rule, with the Jaccard settings the run clusters with."""
     check_params(k1, k2)
     x = check_features(features)
     resolve_backend(knn_backend, x.device)
-    nb = neighbours(x, k1, backend=knn_backend)
+    nb = neighbours(x, k1, backend=knn_backend, approx=knn_params)
     with sparse_threads(x.device):
         _, _, d = jaccard_pairs(x, nb, k1=k1, k2=k2, eps=1.0)
     return eps_from_distances(d, x.shape[0], rho)

@@ -1,4 +1,5 @@
-"""Exact k-nearest neighbours by squared Euclidean distance: fp32 matmuls + top-k (torch) or faiss.
+"""k-nearest neighbours by squared Euclidean distance: exact (fp32 matmuls + top-k in torch, or faiss), or from an
+approximate candidate search (faiss IVF-Flat or HNSW, ``hhcl.cluster.approx``) for large N.
 
 torch on the CPU computes each block of the Gram matrix once for both its rows and its columns (half the flops
 of a full search, `_symmetric_candidates`); on CUDA it is a chunked full matmul + top-k.
@@ -18,10 +19,15 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from hhcl.cluster.approx import APPROX_BACKENDS, ApproxParams, hnsw_candidates, ivf_candidates
 from hhcl.cluster.parallel import block_workers, map_blocks, outer_threads
 
 T = TypeVar("T")
-BACKENDS = ("auto", "torch", "faiss")
+BACKENDS = ("auto", "torch", "faiss", *APPROX_BACKENDS)
+#: ``auto`` searches exactly below this many rows and with IVF from it: the size where IVF's time drops under a
+#: tenth of the exact search's with label ARI >= 0.99 (benchmarks/RESULTS.md, "At scale"); above MSMT17's 32,621
+#: train images, so every paper preset clusters exactly
+AUTO_APPROX_FROM = 100_000
 _CHUNK_BYTES = 96 * 2**20  # one [rows, N] float32 block of the distance matrix
 _PAD = 8  # extra columns fetched so ties at the k-th position can be seen
 _SPARSE_THREADS = 1
@@ -107,31 +113,45 @@ def check_features(features: Tensor, name: str = "features") -> Tensor:
     return features.detach().to(torch.float32).contiguous()
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> torch: on the CPU its symmetric search does half a full search's flops (faster than faiss's full
-    one, benchmarks/RESULTS.md, "Clustering"), on CUDA a chunked matmul. The lists, so the labels, are the same
-    with either backend."""
+def resolve_backend(backend: str, device: torch.device, n: int | None = None) -> str:
+    """The search ``backend`` names for ``n`` rows. 'auto' -> torch below :data:`AUTO_APPROX_FROM` rows (on the CPU
+    its symmetric search does half a full search's flops, faster than faiss's full one: benchmarks/RESULTS.md,
+    "Clustering"; on CUDA a chunked matmul), ivf from there when faiss is installed. torch and faiss give the same
+    lists, so the same labels; ivf and hnsw are approximate."""
     if backend not in BACKENDS:
         raise ValueError(f"cluster.knn_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "faiss":
-        try:
-            import faiss  # noqa: F401
-        except ImportError as exc:
-            raise ValueError(
-                "cluster.knn_backend = 'faiss' but faiss is not importable; install faiss-cpu / faiss-gpu "
-                "or set cluster.knn_backend = 'torch'"
-            ) from exc
-    return "torch" if backend == "auto" else backend
+    if backend == "auto":
+        return "ivf" if n is not None and n >= AUTO_APPROX_FROM and _has_faiss() else "torch"
+    if backend != "torch" and not _has_faiss():
+        raise ValueError(
+            f"cluster.knn_backend = '{backend}' needs faiss, which is not importable; install faiss-cpu / faiss-gpu "
+            "or set cluster.knn_backend = 'torch'"
+        )
+    return backend
 
 
-def knn(features: Tensor, k: int, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """Exact kNN of the rows among themselves: (squared distances, indices), each [N, min(k, N)]."""
-    nb = neighbours(check_features(features), k, backend=backend)
+def _has_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def knn(
+    features: Tensor, k: int, *, backend: str = "auto", approx: ApproxParams | None = None
+) -> tuple[Tensor, Tensor]:
+    """kNN of the rows among themselves (exact unless ``backend`` is ivf or hnsw, or auto at large N): (squared
+    distances, indices), each [N, min(k, N)]."""
+    nb = neighbours(check_features(features), k, backend=backend, approx=approx)
     return nb.dist, nb.index
 
 
-def neighbours(x: Tensor, k: int, *, backend: str = "auto", cuts: Iterable[int] | None = None) -> Neighbours:
-    """Exact kNN of checked float32 rows x, with the fp32 inner products kept for the Jaccard weights.
+def neighbours(
+    x: Tensor, k: int, *, backend: str = "auto", cuts: Iterable[int] | None = None, approx: ApproxParams | None = None
+) -> Neighbours:
+    """kNN of checked float32 rows x, with the fp32 inner products kept for the Jaccard weights: exact, or (ivf,
+    hnsw) the nearest among an approximate search's candidates, each row's own index always among them.
 
     cuts: the list lengths p whose neighbour sets must be exact (the first p columns hold the p nearest). None:
     the whole order is exact (ties by index). With cuts, near-ties inside a span between two cuts may stay in
@@ -146,7 +166,13 @@ def neighbours(x: Tensor, k: int, *, backend: str = "auto", cuts: Iterable[int] 
     cuts = None if cuts is None else sorted({p for p in cuts if 0 < p < k} | {k})
     with sparse_threads(x.device):  # short ops on one thread; the torch matmul gets the threads back, faiss has its own
         yy = _norms(x)
-        if resolve_backend(backend, x.device) == "faiss":
+        chosen = resolve_backend(backend, x.device, n)
+        if chosen in APPROX_BACKENDS:
+            with matmul_threads(x.device):  # faiss's OpenMP is torch's: its threads back
+                search = ivf_candidates if chosen == "ivf" else hnsw_candidates
+                key, idx = search(x, kf, yy, approx or ApproxParams())
+            key, idx = _complete(x, key, idx, yy)
+        elif chosen == "faiss":
             key, idx = _faiss_candidates(x, kf, yy)
         elif x.device.type == "cpu" and n > _SYM_BLOCK:
             key, idx = _symmetric_candidates(x, kf, yy)
@@ -260,6 +286,22 @@ def _faiss_candidates(x: Tensor, kf: int, yy: Tensor) -> tuple[Tensor, Tensor]:
             d, i = faiss.knn(xn, xn, kf, metric=faiss.METRIC_L2)
     key = torch.from_numpy(d).to(x.device) - yy[:, None]
     return key, torch.from_numpy(i).to(x.device)
+
+
+def _complete(x: Tensor, key: Tensor, idx: Tensor, yy: Tensor) -> tuple[Tensor, Tensor]:
+    """An approximate search's candidates made whole: rows with fewer than kf found are searched exactly, and a
+    row whose own index was missed gets it in place of its farthest candidate (every exact list starts with its
+    row, which the k-reciprocal sets rely on), re-sorted."""
+    short = (idx < 0).any(dim=1).nonzero().flatten()
+    if len(short):
+        key[short], idx[short] = _torch_candidates(x, key.shape[1], short, yy)
+    rows = torch.arange(x.shape[0], device=x.device)
+    missing = ~(idx == rows[:, None]).any(dim=1)
+    if bool(missing.any()):
+        key[missing, -1], idx[missing, -1] = -yy[missing], rows[missing]
+        key, order = key.sort(dim=1, stable=True)
+        idx = idx.gather(1, order)
+    return key, idx
 
 
 def _canonical(x: Tensor, key: Tensor, idx: Tensor, k: int, yy: Tensor, cuts: list[int] | None = None) -> Neighbours:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from hhcl.cluster.approx import ApproxParams
 from hhcl.cluster.auto_eps import auto_eps
 from hhcl.cluster.clusterer import AfterStep, ClusterResult, Loosening
 from hhcl.cluster.dbscan import dbscan_graph
@@ -41,6 +42,7 @@ def pseudo_labels(
     eps: float,
     min_samples: int = 4,
     knn_backend: str = "auto",
+    knn_params: ApproxParams | None = None,
     after_step: Callable[[str], None] | None = None,
 ) -> PseudoLabels:
     """Cluster L2-normalised features [N, D] as the reference does (Jaccard k1/k2, DBSCAN eps/min_samples).
@@ -64,7 +66,7 @@ def pseudo_labels(
         x = check_features(features)
         n, dev = x.shape[0], x.device
         cuts = order_cuts(k1, k2, n)  # the encoding reads only these sets of the lists: no other tie needs float64
-        nb, t_knn = timed(lambda: neighbours(x, k1, backend=knn_backend, cuts=cuts), dev)
+        nb, t_knn = timed(lambda: neighbours(x, k1, backend=knn_backend, cuts=cuts, approx=knn_params), dev)
         done("kNN")
         (i, j, _), t_jac = timed(lambda: jaccard_pairs(x, nb, k1=k1, k2=k2, eps=float(eps)), dev)
         done("Jaccard")
@@ -80,6 +82,11 @@ def pseudo_labels(
         seconds={"knn": t_knn, "jaccard": t_jac, "dbscan": t_db},
         eps=float(eps),
     )
+
+
+def approx_params(config: ClusterConfig) -> ApproxParams:
+    """The approximate kNN's settings of a config (used only with knn_backend ivf / hnsw, or auto at large N)."""
+    return ApproxParams(nlist=config.knn_nlist, nprobe=config.knn_nprobe, ef_search=config.knn_ef_search)
 
 
 class Dbscan:
@@ -101,13 +108,14 @@ class Dbscan:
         if not auto:
             eps = float(config.eps)
         elif carry is None:
-            eps = auto_eps(features, k1=config.k1, k2=config.k2, knn_backend=config.knn_backend)
+            eps = auto_eps(features, k1=config.k1, k2=config.k2, knn_backend=config.knn_backend,
+                           knn_params=approx_params(config))
         else:
             eps = carry
         after_step("eps")
         res = pseudo_labels(
             features, k1=config.k1, k2=config.k2, eps=eps, min_samples=config.min_samples,
-            knn_backend=config.knn_backend, after_step=after_step,
+            knn_backend=config.knn_backend, knn_params=approx_params(config), after_step=after_step,
         )
         return ClusterResult(
             labels=res.labels, seconds=res.seconds, params={"eps": eps}, auto=("eps",) if auto else (),
