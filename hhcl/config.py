@@ -181,8 +181,8 @@ class ClusterConfig:
     )
     min_samples: int = key(4, "DBSCAN's core-point neighbours (the paper's 4)", bounds=(1, 1000))
     knn_backend: str = key(
-        "auto", "the kNN search: torch or faiss (exact), ivf or hnsw (faiss, approximate), auto (exact below 100,000 "
-        "images, ivf from there)", choices=KNN_BACKENDS,
+        "auto", "the kNN search: torch or faiss (exact), ivf or hnsw (faiss, approximate), auto (exact: torch)",
+        choices=KNN_BACKENDS,
     )
     infomap_k: int = key(
         15, "InfoMap's neighbours per image, itself included (cluster-contrast's --k1 15)", bounds=(2, 1000),

@@ -97,7 +97,7 @@ def test_parameter_rules_by_hand() -> None:
 def test_auto_is_exact_below_its_size_and_ivf_from_it(monkeypatch: pytest.MonkeyPatch) -> None:
     x = clustered(n_ids=20, per=10, seed=4)
     assert knn_module.resolve_backend("auto", x.device, len(x)) == "torch"
-    monkeypatch.setattr(knn_module, "AUTO_APPROX_FROM", len(x))
+    monkeypatch.setattr(knn_module, "AUTO_APPROX_FROM", len(x))  # the switch, once a size is measured
     assert knn_module.resolve_backend("auto", x.device, len(x)) == "ivf"
     params = ApproxParams(nlist=16, nprobe=2)
     auto, ivf = neighbours(x, 10, backend="auto", approx=params), neighbours(x, 10, backend="ivf", approx=params)

@@ -16,6 +16,10 @@ from rich.console import Console
 from hhcl.demo import run_demo
 
 IDS = 60  # 30 train identities (~330 images), 30 test identities
+#: the data its margin was measured on: seed 1 drawing its own cameras (no fixed site). On the demo's fixed cameras
+#: (site 1) this small run lifts less and less evenly (8.7 / 9.3 / 7.3 / 3.5 with 2 / 1 / 3 / 4 threads:
+#: benchmarks/RESULTS.md, "Learning test"), too close to 0 for a margin that tells learning from none
+SITE = None
 SMALL = (
     "train.epochs=4",
     "train.iters=20",
@@ -31,7 +35,8 @@ MIN_LIFT = 0.06
 
 def test_hhcl_lifts_map_well_above_the_untrained_model(tmp_path):
     out = io.StringIO()
-    result = run_demo(tmp_path / "data", tmp_path / "runs", console=Console(file=out, width=120), overrides=SMALL, ids=IDS)
+    result = run_demo(tmp_path / "data", tmp_path / "runs", console=Console(file=out, width=120), overrides=SMALL, ids=IDS,
+                      site=SITE)
     assert result.status == "ok", out.getvalue()[-2000:]
     before, after = result.untrained["mAP"], result.trained["mAP"]
     assert after - before >= MIN_LIFT, f"mAP {before:.3f} -> {after:.3f}: HHCL no longer learns as measured\n{out.getvalue()[-2000:]}"

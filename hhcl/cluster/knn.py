@@ -24,10 +24,11 @@ from hhcl.cluster.parallel import block_workers, map_blocks, outer_threads
 
 T = TypeVar("T")
 BACKENDS = ("auto", "torch", "faiss", *APPROX_BACKENDS)
-#: ``auto`` searches exactly below this many rows and with IVF from it: the size where IVF's time drops under a
-#: tenth of the exact search's with label ARI >= 0.99 (benchmarks/RESULTS.md, "At scale"); above MSMT17's 32,621
-#: train images, so every paper preset clusters exactly
-AUTO_APPROX_FROM = 100_000
+#: ``auto`` searches exactly below this many rows and with IVF from it; None = always exactly. It is to be the size
+#: where IVF's time drops under a tenth of the exact search's with label ARI >= 0.99 against it
+#: (benchmarks/bench_scale.py); the first measurement (12,000 x 2048, benchmarks/RESULTS.md "At scale") gave ARI
+#: 0.93 with the default IVF settings, so until a setting is shown to agree, auto stays exact at every size
+AUTO_APPROX_FROM: int | None = None
 _CHUNK_BYTES = 96 * 2**20  # one [rows, N] float32 block of the distance matrix
 _PAD = 8  # extra columns fetched so ties at the k-th position can be seen
 _SPARSE_THREADS = 1
@@ -114,14 +115,15 @@ def check_features(features: Tensor, name: str = "features") -> Tensor:
 
 
 def resolve_backend(backend: str, device: torch.device, n: int | None = None) -> str:
-    """The search ``backend`` names for ``n`` rows. 'auto' -> torch below :data:`AUTO_APPROX_FROM` rows (on the CPU
-    its symmetric search does half a full search's flops, faster than faiss's full one: benchmarks/RESULTS.md,
-    "Clustering"; on CUDA a chunked matmul), ivf from there when faiss is installed. torch and faiss give the same
+    """The search ``backend`` names for ``n`` rows. 'auto' -> torch (on the CPU its symmetric search does half a full
+    search's flops, faster than faiss's full one: benchmarks/RESULTS.md, "Clustering"; on CUDA a chunked matmul),
+    ivf from :data:`AUTO_APPROX_FROM` rows when that is set and faiss is installed. torch and faiss give the same
     lists, so the same labels; ivf and hnsw are approximate."""
     if backend not in BACKENDS:
         raise ValueError(f"cluster.knn_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "auto":
-        return "ivf" if n is not None and n >= AUTO_APPROX_FROM and _has_faiss() else "torch"
+        large = AUTO_APPROX_FROM is not None and n is not None and n >= AUTO_APPROX_FROM
+        return "ivf" if large and _has_faiss() else "torch"
     if backend != "torch" and not _has_faiss():
         raise ValueError(
             f"cluster.knn_backend = '{backend}' needs faiss, which is not importable; install faiss-cpu / faiss-gpu "
