@@ -130,6 +130,7 @@ def main() -> None:
         child(int(args.child[0]), args.dim, args.child[1], Path(args.child[2]), args.device)
         return
     rows: list[dict] = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hhcl-scale-") as tmp, busy(args.loaded):
         for n in args.sizes:
             for backend in args.backends:
@@ -147,7 +148,8 @@ def main() -> None:
                     row["same_lists"] = float((la == lb).all(axis=1).mean())
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    load = "loaded (one busy process per core)" if args.loaded else "idle"
+    load = ("loaded (one busy process per core)" if args.loaded else "no competing process started") + (
+        f"; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"\n{os.cpu_count()}-core CPU, {load}, D = {args.dim}, k1 {K1}, k2 {K2}, eps {EPS}:\n")
     print("| N | backend | kNN s | Jaccard s | DBSCAN s | total s | vs exact | peak RSS MB | clusters | ARI vs exact "
           "| identical lists |")
