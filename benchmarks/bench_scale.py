@@ -26,8 +26,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from loaded import busy  # noqa: E402 - benchmarks/loaded.py, beside this script
 
 K1, K2, EPS, MIN_SAMPLES = 30, 6, 0.6, 4
 NOISE_SHARE = 0.2
@@ -84,18 +84,6 @@ def child(n: int, dim: int, backend: str, out: Path, device: str) -> None:
     out.write_text(json.dumps({"n": n, "dim": dim, "backend": backend, "seconds": res.seconds,
                                "total": sum(res.seconds.values()), "peak_mb": peak, "clusters": res.n_clusters,
                                "outliers": res.n_outliers}))
-
-
-@contextmanager
-def busy(enabled: bool) -> Iterator[None]:
-    """One competing process per core spinning for the whole block (the "loaded" figure)."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)] if enabled else []
-    try:
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
 
 
 def fit_exponent(points: list[tuple[int, float]]) -> float | None:

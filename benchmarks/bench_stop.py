@@ -27,11 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from loaded import busy  # benchmarks/loaded.py, beside this script
 
 from hhcl.cluster import pseudo_labels
 
@@ -99,18 +99,6 @@ def prepare(root: Path, ids: int) -> None:
     if not (root / "synthetic").is_dir():
         print(f"preparing {ids} synthetic identities in {root} (once)...", flush=True)
         prepare_synthetic(root, ids=ids, cams=6, seed=0, height=256, width=128, progress=False)
-
-
-@contextmanager
-def busy(enabled: bool) -> Iterator[None]:
-    """One competing process per core spinning for the whole block (the "loaded" figure)."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)] if enabled else []
-    try:
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
 
 
 def first(stage: str, done_above: int = -1) -> Callable[[list[dict]], bool]:

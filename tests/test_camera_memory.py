@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers.hooks import StopAt
 from helpers.memory_loop import LoopMemory
 from helpers.o2cap_loop import LoopO2CAP
 from helpers.tiny_run import TINY
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 from hhcl.camera_memory import CameraAwareHybrid, CameraMemory, camera_proxies
 from hhcl.config import HYBRID_MODES, ConfigError, load_config
 from hhcl.data.sampler import ProxySampler
-from hhcl.engine import Hook, Trainer
+from hhcl.engine import Trainer
 from hhcl.epoch import camera_ids
 from hhcl.memory import HybridMemory
 from hhcl.run.checkpoint import resume_config
@@ -226,15 +227,6 @@ O2CAP_TINY = ("memory.mode=O2CAP", "memory.temp=0.07", "memory.momentum=0.2", "m
               "optim.warmup_epochs=3")  # the resume lands mid warm-up
 
 
-class _StopAt(Hook):
-    def __init__(self, epoch: int, it: int) -> None:
-        self.at = (epoch, it)
-
-    def after_step(self, trainer, epoch, it):
-        if (epoch, it) == self.at:
-            trainer.stop_requested = True
-
-
 def _fit(root: Path, run_dir: Path, *extra: str, **kw):
     cfg = load_config("demo", [f"data.root={root}", *TINY, "train.eval_every=1", *extra])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +238,7 @@ def test_o2cap_trains_and_a_mid_epoch_resume_equals_the_uninterrupted_run(synth_
     assert _fit(synth_root, tmp_path / "a", *O2CAP_TINY).status == "ok"
     steps = [e for e in read_events(tmp_path / "a") if e["type"] == "step"]
     assert steps and set(steps[0]["parts"]) == {"loss_offline", "loss_online"}
-    stopped = _fit(synth_root, tmp_path / "b", *O2CAP_TINY, hooks=[_StopAt(1, 0)])
+    stopped = _fit(synth_root, tmp_path / "b", *O2CAP_TINY, hooks=[StopAt(1, 0)])
     assert stopped.status == "interrupted"
     assert Trainer(resume_config(tmp_path / "b"), tmp_path / "b", resume=True).fit().status == "ok"
     a, b = (load_file(d / "checkpoints" / "last.safetensors") for d in (tmp_path / "a", tmp_path / "b"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.hooks import StopAt
 from helpers.tiny_run import TINY
 from safetensors.torch import load_file
 
@@ -16,7 +17,7 @@ from hhcl.cluster import pseudo_labels
 from hhcl.cluster.clusterer import step_key
 from hhcl.cluster.methods import CLUSTERERS
 from hhcl.config import CLUSTER_PARAMS, MEMORY_MODES, ClusterConfig, all_keys, load_config
-from hhcl.engine import Hook, Trainer
+from hhcl.engine import Trainer
 from hhcl.run.checkpoint import resume_config
 from hhcl.run.events import read_raw_events
 
@@ -95,18 +96,9 @@ def test_infomap_trains_with_every_memory_mode(synth_root: Path, tmp_path: Path,
     assert any(e["type"] == "step" for e in events)
 
 
-class _StopAt(Hook):
-    def __init__(self, epoch: int, it: int) -> None:
-        self.at = (epoch, it)
-
-    def after_step(self, trainer, epoch, it):
-        if (epoch, it) == self.at:
-            trainer.stop_requested = True
-
-
 def test_an_infomap_run_resumed_mid_epoch_equals_the_uninterrupted_one(synth_root: Path, tmp_path: Path) -> None:
     assert _fit(synth_root, tmp_path / "a", *INFOMAP_TINY, "train.iters=2").status == "ok"
-    stopped = _fit(synth_root, tmp_path / "b", *INFOMAP_TINY, "train.iters=2", hooks=[_StopAt(1, 0)])
+    stopped = _fit(synth_root, tmp_path / "b", *INFOMAP_TINY, "train.iters=2", hooks=[StopAt(1, 0)])
     assert stopped.status == "interrupted"
     assert Trainer(resume_config(tmp_path / "b"), tmp_path / "b", resume=True).fit().status == "ok"
     a, b = (load_file(d / "checkpoints" / "last.safetensors") for d in (tmp_path / "a", tmp_path / "b"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.hooks import StopAt
 from helpers.tiny_run import TINY
 from safetensors.torch import load_file
 
@@ -120,15 +121,6 @@ def assert_progress_in_order(events: list[dict], start: dict) -> None:
 
 def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "checkpoints" / "last.safetensors")
-
-
-class StopAt(Hook):
-    def __init__(self, epoch: int, it: int) -> None:
-        self.at = (epoch, it)
-
-    def after_step(self, trainer, epoch, it):
-        if (epoch, it) == self.at:
-            trainer.stop_requested = True
 
 
 def test_resume_mid_epoch_and_extension_equal_uninterrupted(synth_root, tmp_path):

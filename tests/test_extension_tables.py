@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.hooks import StopAt
 from helpers.tiny_run import TINY
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from hhcl.cluster.methods import CLUSTERERS
 from hhcl.config import CLUSTER_PARAMS, key_info, load_config
-from hhcl.engine import Hook, Trainer
+from hhcl.engine import Trainer
 from hhcl.memories import MEMORIES
 from hhcl.models.backbones import BACKBONES
 from hhcl.run.checkpoint import resume_config
@@ -56,13 +57,6 @@ OWN = {
 }
 
 
-class _StopAfter(Hook):
-    """Asks the trainer to stop after the first step: a checkpoint mid-epoch, as Ctrl-C leaves it."""
-
-    def after_step(self, trainer: Trainer, epoch: int, it: int) -> None:
-        trainer.stop_requested = True
-
-
 def _fit(root: Path, run_dir: Path, entry: tuple[str, str], **kw: object):
     key, value = entry
     if key == "cluster.method" and value == "infomap":
@@ -81,7 +75,7 @@ def test_every_entry_trains_checkpoints_resumes_exactly_and_the_dashboard_names_
 ) -> None:
     straight = _fit(synth_root, tmp_path / "straight", entry)
     assert straight.status == "ok", straight.message
-    stopped = _fit(synth_root, tmp_path / "stopped", entry, hooks=[_StopAfter()])
+    stopped = _fit(synth_root, tmp_path / "stopped", entry, hooks=[StopAt(0, 0)])
     assert stopped.status == "interrupted", stopped.message
     resumed = Trainer(resume_config(tmp_path / "stopped"), tmp_path / "stopped", resume=True).fit()
     assert resumed.status == "ok", resumed.message

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.hooks import StopAt
 from helpers.tiny_run import TINY
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
 from hhcl.config import ConfigError, load_config
-from hhcl.engine import Hook, Trainer
+from hhcl.engine import Trainer
 from hhcl.run.checkpoint import resume_config
 from hhcl.run.events import parse_event, read_raw_events
 from hhcl.tensorboard import TensorBoardHook, TensorBoardMissingError, write_tensorboard
@@ -222,20 +223,11 @@ def test_without_the_package_tensorboard_fails_before_writing_anything(tmp_path,
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs" / "x").exists()
 
 
-class _StopAt(Hook):
-    def __init__(self, epoch: int, it: int) -> None:
-        self.at = (epoch, it)
-
-    def after_step(self, trainer, epoch, it):
-        if (epoch, it) == self.at:
-            trainer.stop_requested = True
-
-
 def test_live_hook_of_a_stopped_and_resumed_tiny_run_matches_the_log_and_the_offline_writer(synth_root, tmp_path):
     cfg = load_config("demo", [f"data.root={synth_root}", *TINY, "model.bn_group=0", "train.epochs=1",
                                "train.eval_every=1", "train.tensorboard=true"])
     run = tmp_path / "run"
-    assert Trainer(cfg, run, hooks=[_StopAt(0, 0)]).fit().status == "interrupted"
+    assert Trainer(cfg, run, hooks=[StopAt(0, 0)]).fit().status == "interrupted"
     assert Trainer(resume_config(run), run, resume=True).fit().status == "ok"
     live = read_scalars(run / "tensorboard")
 
